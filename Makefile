@@ -1,0 +1,29 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[demo,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/actdb --store demo-store demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/models.py
+	$(BIN)/python bench/query.py
+
+clean:
+	rm -rf $(VENV) demo-store

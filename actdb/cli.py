@@ -1,0 +1,190 @@
+"""The `actdb` command line: a thin layer over the library; each command calls one function."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import ActdbError
+from .tfquiet import import_tensorflow
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+class ActdbGroup(click.Group):
+    """Turns ActdbError (and a closed pipe) into a one-line message and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ActdbError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:
+            sys.exit(1)
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _print_json(payload) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _print_table(frame) -> None:
+    click.echo(frame.to_string(index=False) if len(frame) else "(no rows)")
+
+
+@click.group(cls=ActdbGroup, context_settings=CONTEXT_SETTINGS)
+@click.version_option(package_name="actdb")
+@click.option("--store", envvar="ACTDB_STORE", type=click.Path(file_okay=False), help="Store directory (or $ACTDB_STORE).")
+@click.pass_context
+def cli(ctx, store):
+    """actdb: a batch activation database for CNN interpretability.
+
+    \b
+    actdb --store imagenet.actdb ingest ~/ILSVRC/train --model vgg19 --layers block5_conv4
+    actdb --store imagenet.actdb info
+    actdb --store imagenet.actdb sql "SELECT label, count(*) FROM images GROUP BY label"
+    """
+    ctx.obj = {"store": store}
+
+
+def _needs_tensorflow(command):
+    """Decorator: import TensorFlow quietly before a command that runs a model."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        import_tensorflow()
+        return command(*args, **kwargs)
+
+    return wrapper
+
+
+def _store(ctx) -> str:
+    from .store.db import store_path
+
+    return str(store_path(ctx.obj["store"]))
+
+
+@cli.command()
+@click.argument("source", type=click.Path())
+@click.option("--model", default="vgg19", show_default=True, help="Model name (see `actdb models`) or PATH.keras.")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | random[:SEED] | PATH to a weights file.")
+@click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "none"]), help="Pixel scaling, for PATH.keras models.")
+@click.option("--layers", default="block5_conv4", show_default=True, help="Comma-separated layer names, or all-conv.")
+@click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True, help="Spatial reduction.")
+@click.option("--classes", help="Only these classes: wnids or names, comma-separated.")
+@click.option("--per-class", type=click.IntRange(min=1), help="At most N images per class (deterministic sample).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --per-class sample.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N images in all.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass (default: 32 on CPU, 256 per GPU).")
+@click.option("--resize", type=click.Choice(["center-crop", "squash"]), default="center-crop", show_default=True)
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="Compute precision of the forward pass.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage type of the activations.")
+@click.option("--predictions", is_flag=True, help="Also store the top-5 classes and probabilities.")
+@click.option("--commit-seconds", type=click.FloatRange(min=0), default=5.0, hidden=True,
+              help="Seconds between commits (what a kill can lose).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+@_needs_tensorflow
+def ingest(ctx, source, quiet, as_json, **options):
+    """Stream images from SOURCE through a model and store layer activations.
+
+    SOURCE: an ImageNet train/val folder, a folder of class folders, a CSV or Parquet
+    list (columns path[, label]), a flat folder or a single image.
+    Resumable: run the same command again after a crash; it adds only what is missing.
+
+    \b
+    actdb ingest ~/ILSVRC/train --classes sea_cucumber,groenendael --per-class 100
+    """
+    from .ingest.run import IngestOptions, ingest as run_ingest
+
+    options["classes"] = _csv_list(options["classes"])
+    summary = run_ingest(_store(ctx), source, IngestOptions(**options),
+                         progress=not quiet and not as_json and sys.stderr.isatty())
+    if as_json:
+        _print_json({**summary.__dict__, "images_per_s": summary.images_per_s})
+    elif not quiet:
+        click.echo(
+            f"ingested {summary.ingested}, skipped {summary.skipped} (already present), failed {summary.failed} "
+            f"of {summary.listed} listed; {summary.images_per_s:.1f} images/s; arrays: {', '.join(summary.arrays)}"
+        )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def info(ctx, as_json):
+    """What the store holds: images, classes, models, arrays, errors, size on disk."""
+    import pandas as pd
+
+    from .store.db import open as open_db
+
+    summary = open_db(_store(ctx)).info()
+    if as_json:
+        _print_json(summary)
+        return
+    click.echo(f"store {summary['store']}: {summary['images']} images, {summary['classes']} classes, "
+               f"{summary['errors']} errors, {summary['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    for title in ("sources", "models", "arrays", "top_classes", "runs"):
+        click.echo(f"\n{title.replace('_', ' ')}:")
+        _print_table(pd.DataFrame(summary[title]))
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--json", "as_json", is_flag=True, help="Rows as a JSON list.")
+@click.option("--csv", "as_csv", is_flag=True, help="Rows as CSV.")
+@click.pass_context
+def sql(ctx, query, as_json, as_csv):
+    """Read-only SQL on the catalog (tables: images, models, arrays, runs, done,
+    predictions, errors, imagenet_classes; view: array_list).
+
+    \b
+    actdb sql "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY n DESC"
+    """
+    from .store.db import open as open_db
+
+    frame = open_db(_store(ctx)).sql(query)
+    if as_json:
+        click.echo(frame.to_json(orient="records", date_format="iso"))
+    elif as_csv:
+        click.echo(frame.to_csv(index=False), nl=False)
+    else:
+        _print_table(frame)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True)
+@_needs_tensorflow
+def layers(model, as_json):
+    """List MODEL's layers with their output shapes (no weights are loaded)."""
+    from .models import layer_table, load
+
+    rows = layer_table(load(model, weights="random").keras_model)
+    if as_json:
+        _print_json([{"layer": n, "type": t, "output_shape": list(s)} for n, t, s in rows])
+        return
+    width = max(len(n) for n, _, _ in rows)
+    for name, kind, shape in rows:
+        click.echo(f"{name:<{width}}  {kind:<22} {shape}")
+
+
+@cli.command(name="models")
+def list_models():
+    """Models known by name, with input size and preprocessing."""
+    from .models import known_models
+
+    for spec in known_models().values():
+        click.echo(f"{spec.name:<20} input {spec.input_size:>3}  preprocess {spec.preprocess}")
+
+
+def main() -> None:
+    cli(prog_name="actdb")

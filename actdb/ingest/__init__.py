@@ -1,0 +1,1 @@
+"""Ingest: sources (which images) -> pipeline (decode, batch, forward, reduce) -> writer (store)."""

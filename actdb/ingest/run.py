@@ -1,0 +1,275 @@
+"""`actdb ingest`: wires sources -> pipeline -> writer. Everything that can be wrong
+with the input is checked before the store is touched."""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import models
+from ..errors import ActdbError
+from ..store import arrays
+from ..store.catalog import Catalog
+from ..store.locks import writer_lock
+from . import pipeline, writer
+from .sources import list_images
+
+DTYPES = ("float32", "float16")
+
+
+@dataclass
+class IngestOptions:
+    model: str = "vgg19"
+    weights: str = "imagenet"
+    layers: str = "block5_conv4"
+    reduce: str = "mean"
+    classes: list[str] | None = None
+    per_class: int | None = None
+    seed: int = 0
+    limit: int | None = None
+    batch_size: int | None = None
+    resize: str = "center-crop"
+    precision: str = "float32"
+    dtype: str = "float32"
+    predictions: bool = False
+    preprocess: str | None = None
+    commit_seconds: float = 5.0
+
+
+@dataclass
+class IngestSummary:
+    run_id: int
+    listed: int
+    ingested: int
+    skipped: int
+    failed: int
+    seconds: float
+    arrays: list[str]
+
+    @property
+    def images_per_s(self) -> float:
+        return self.ingested / self.seconds if self.seconds > 0 else 0.0
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ActdbError(f"--{name} {value!r} is not one of {', '.join(choices)}")
+
+
+def parse_weights(weights: str) -> tuple[str, int]:
+    """`random` or `random:SEED` -> ('random', seed); anything else passes through."""
+    if weights == "random" or weights.startswith("random:"):
+        seed_text = weights.partition(":")[2] or "0"
+        if not seed_text.isdigit():
+            raise ActdbError(f"--weights {weights!r}: write random or random:SEED with an integer seed")
+        return "random", int(seed_text)
+    return weights, 0
+
+
+def load_model(name: str, weights: str, precision: str, preprocess: str | None = None) -> models.LoadedModel:
+    """Build the model under the requested compute precision (Keras dtype policy)."""
+    import keras
+
+    _check_choice("precision", precision, pipeline.PRECISIONS)
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
+    kind, seed = parse_weights(weights)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return models.load(name, weights=kind, seed=seed, preprocess=preprocess)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def zarr_path(model: str, weights: str, layer: str, reduce: str) -> str:
+    slug = weights.replace("file:sha256=", "file-")[:21].replace(":", "-").replace("=", "")
+    return f"{model}/{slug}/{layer}/{reduce}"
+
+
+def ingest(store: str | Path, source: str | Path, options: IngestOptions, progress: bool = True) -> IngestSummary:
+    store = Path(store)
+    _check_choice("resize", options.resize, pipeline.RESIZE_MODES)
+    _check_choice("reduce", options.reduce, pipeline.REDUCTIONS)
+    _check_choice("dtype", options.dtype, DTYPES)
+    if options.batch_size is not None and options.batch_size < 1:
+        raise ActdbError("--batch-size must be a positive integer")
+    records = list_images(source, classes=options.classes, per_class=options.per_class, seed=options.seed,
+                          limit=options.limit)
+    loaded = load_model(options.model, options.weights, options.precision, options.preprocess)
+    layers = pipeline.resolve_layers(loaded.keras_model, options.layers)
+    strategy = pipeline.default_strategy()
+    batch_size = options.batch_size or pipeline.default_batch_size(loaded.input_size, strategy)
+    replicas = strategy.num_replicas_in_sync
+    batch_size = -(-batch_size // replicas) * replicas
+    extractor = pipeline.Extractor(loaded, layers, options.reduce, batch_size, options.predictions, strategy)
+
+    store.mkdir(parents=True, exist_ok=True)
+    with writer_lock(store, "actdb ingest"):
+        catalog = Catalog(store)
+        if not catalog.exists():
+            catalog.create()
+        params = {"source": str(source), **asdict(options), "batch_size": batch_size}
+        run_id = writer.start_run(catalog, params)
+        try:
+            ids = writer.register_images(catalog, records, str(source), run_id)
+            model_id = _register_model(catalog, loaded)
+            targets = _register_arrays(store, catalog, model_id, loaded, extractor, options)
+        except BaseException:
+            writer.finish_run(catalog, run_id, "failed", 0, 0, 0.0)
+            raise
+        return _run(catalog, run_id, ids, records, targets, extractor, model_id, options, progress)
+
+
+def _register_model(catalog: Catalog, loaded: models.LoadedModel) -> int:
+    digest = weights_digest(loaded.keras_model)
+    with catalog.write() as con:
+        row = con.execute(
+            "SELECT id, weights_digest, preprocess FROM models WHERE name = ? AND weights = ?",
+            [loaded.name, loaded.weights_id],
+        ).fetchone()
+        if row is None:
+            model_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM models").fetchone()[0]
+            con.execute(
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                [model_id, loaded.name, loaded.weights_id, digest, loaded.preprocess, loaded.input_size],
+            )
+            return int(model_id)
+    model_id, stored_digest, stored_preprocess = row
+    if stored_digest != digest:
+        raise ActdbError(
+            f"the {loaded.weights_id} weights of {loaded.name} differ from those this store was built with "
+            "(another Keras version or weights file?); use another --store or the original weights"
+        )
+    if stored_preprocess != loaded.preprocess:
+        raise ActdbError(f"{loaded.name} was ingested with --preprocess {stored_preprocess}; use the same")
+    return int(model_id)
+
+
+def _register_arrays(store: Path, catalog: Catalog, model_id: int, loaded, extractor, options) -> list:
+    with catalog.read() as con:
+        n_images = con.execute("SELECT count(*) FROM images").fetchone()[0]
+        existing = {
+            row[0]: row[1:]
+            for row in con.execute(
+                "SELECT layer, id, dtype, precision, resize, zarr_path FROM arrays WHERE model_id = ? AND reduce = ?",
+                [model_id, options.reduce],
+            ).fetchall()
+        }
+    targets = []
+    for out in extractor.outputs:
+        if out.layer in existing:
+            array_id, dtype, precision, resize, path = existing[out.layer]
+            for name, stored, asked in (("dtype", dtype, options.dtype), ("precision", precision, options.precision),
+                                        ("resize", resize, options.resize)):
+                if stored != asked:
+                    raise ActdbError(
+                        f"{loaded.name}/{out.layer} is stored with --{name} {stored}; pass --{name} {stored} "
+                        "to extend it, or use another --store"
+                    )
+            zarr_array = arrays.open_array(store, path, mode="a")
+        else:
+            path = zarr_path(loaded.name, loaded.weights_id, out.layer, options.reduce)
+            attributes = {"model": loaded.name, "weights": loaded.weights_id, "layer": out.layer,
+                          "reduce": options.reduce if out.spatial else "none", "precision": options.precision,
+                          "resize": options.resize, "rows": "row i is images.id = i in catalog.duckdb"}
+            zarr_array = arrays.create(store, path, n_images, out.channels, options.dtype, attributes)
+            with catalog.write() as con:
+                array_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM arrays").fetchone()[0]
+                con.execute(
+                    "INSERT INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [array_id, model_id, out.layer, options.reduce, out.channels, options.dtype,
+                     options.precision, options.resize, path],
+                )
+        arrays.grow(zarr_array, n_images)
+        targets.append(writer.ArrayTarget(int(array_id), out.layer, zarr_array, np.zeros(n_images, bool)))
+    return targets
+
+
+def _plan(catalog: Catalog, ids: np.ndarray, targets, model_id: int, predictions: bool):
+    """Which listed images still lack something; earlier decode failures are not retried."""
+    with catalog.read() as con:
+        for target in targets:
+            done = con.execute("SELECT image_id FROM done WHERE array_id = ?", [target.array_id]).fetchnumpy()
+            target.missing[ids] = True
+            target.missing[done["image_id"]] = False
+        failed = con.execute(
+            "SELECT DISTINCT image_id FROM errors WHERE image_id IS NOT NULL AND reason NOT LIKE 'float16 overflow%'"
+        ).fetchnumpy()["image_id"]
+        with_predictions = (
+            con.execute("SELECT DISTINCT image_id FROM predictions WHERE model_id = ?", [model_id]).fetchnumpy()["image_id"]
+            if predictions else None
+        )
+    needed = np.zeros(len(targets[0].missing), bool)
+    for target in targets:
+        needed |= target.missing
+    if predictions:
+        lacks_predictions = np.zeros_like(needed)
+        lacks_predictions[ids] = True
+        lacks_predictions[with_predictions] = False
+        needed |= lacks_predictions
+    needed[failed] = False
+    listed = np.zeros_like(needed)
+    listed[ids] = True
+    todo = np.flatnonzero(needed & listed)
+    previously_failed = int(np.isin(ids, failed).sum())
+    return todo, previously_failed
+
+
+def _run(catalog, run_id, ids, records, targets, extractor, model_id, options, progress) -> IngestSummary:
+    from tqdm import tqdm
+
+    todo, previously_failed = _plan(catalog, ids, targets, model_id, options.predictions)
+    path_of = dict(zip(ids.tolist(), (r.path for r in records)))
+    todo_paths = [path_of[i] for i in todo.tolist()]
+    del path_of
+    dataset = pipeline.image_dataset(todo, todo_paths, extractor.input_size, options.resize, extractor.batch_size)
+    store_writer = writer.StoreWriter(catalog, run_id, targets, model_id, options.predictions,
+                                      commit_seconds=options.commit_seconds)
+    bar = tqdm(total=len(todo), unit="img", disable=not progress or len(todo) == 0, file=sys.stderr,
+               dynamic_ncols=True, smoothing=0.1)
+    expected = 0  # position in todo: ids that never came out of the pipeline failed to decode
+    status = "failed"
+    start = time.monotonic()
+    try:
+        for batch in dataset:
+            batch_ids = batch["id"].numpy()
+            expected = _report_dropped(store_writer, todo, todo_paths, expected, batch_ids)
+            outputs = extractor(batch["pixels"])
+            store_writer.put(writer.Batch(batch_ids, batch["fingerprint"].numpy(), batch["height"].numpy(),
+                                          batch["width"].numpy(), outputs))
+            bar.update(len(batch_ids))
+        _report_dropped(store_writer, todo, todo_paths, expected, None)
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        bar.close()
+        store_writer.close()
+        seconds = time.monotonic() - start
+        skipped = len(ids) - len(todo) - previously_failed
+        writer.finish_run(catalog, run_id, status, len(todo), skipped, seconds)
+    return IngestSummary(run_id, len(ids), store_writer.ingested, skipped, store_writer.failed + previously_failed,
+                         seconds, [t.layer for t in targets])
+
+
+def _report_dropped(store_writer, todo, todo_paths, expected: int, batch_ids) -> int:
+    """Ids before the end of this batch that it does not contain were dropped as undecodable."""
+    stop = len(todo) if batch_ids is None else int(np.searchsorted(todo, batch_ids[-1], side="right"))
+    window = todo[expected:stop]
+    dropped = window if batch_ids is None else window[~np.isin(window, batch_ids)]
+    if len(dropped):
+        positions = np.searchsorted(todo, dropped)
+        store_writer.fail([(int(i), todo_paths[p]) for i, p in zip(dropped, positions)])
+    return stop

@@ -1,0 +1,265 @@
+"""Everything an ingest writes to the store: image and array registration, and a
+background writer that turns forward-pass batches into Zarr chunks and catalog commits.
+
+A commit writes the touched chunks first and then, in one catalog transaction, marks
+their rows done. A kill between the two only costs recomputing those rows.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..store import arrays
+from ..store.catalog import Catalog
+from .sources import ImageRecord
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def register_images(catalog: Catalog, records: list[ImageRecord], source: str, run_id: int) -> np.ndarray:
+    """Give new paths the next ids; return the id of every record, in order."""
+    frame = pd.DataFrame(
+        {
+            "path": [r.path for r in records],
+            "wnid": [r.wnid for r in records],
+            "class_index": pd.array([r.class_index for r in records], dtype="Int16"),
+            "label": [r.label for r in records],
+            "split": [r.split for r in records],
+            "order": np.arange(len(records)),
+        }
+    )
+    with catalog.write() as con:
+        con.register("listed", frame)
+        con.execute(
+            """
+            INSERT INTO images (id, path, wnid, class_index, label, split, source, added_run)
+            SELECT (SELECT coalesce(max(id), -1) FROM images) + row_number() OVER (ORDER BY l."order"),
+                   l.path, l.wnid, l.class_index, l.label, l.split, ?, ?
+            FROM listed l ANTI JOIN images i ON i.path = l.path
+            """,
+            [source, run_id],
+        )
+        ids = con.execute(
+            'SELECT i.id FROM listed l JOIN images i ON i.path = l.path ORDER BY l."order"'
+        ).fetchnumpy()["id"]
+        con.unregister("listed")
+    return ids.astype(np.int64)
+
+
+def start_run(catalog: Catalog, params: dict) -> int:
+    with catalog.write() as con:
+        run_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchone()[0]
+        con.execute(
+            "INSERT INTO runs (id, started, status, params) VALUES (?, current_timestamp, 'running', ?)",
+            [run_id, json.dumps(params)],
+        )
+    return int(run_id)
+
+
+def finish_run(catalog: Catalog, run_id: int, status: str, planned: int, skipped: int, seconds: float) -> None:
+    with catalog.write() as con:
+        con.execute(
+            """UPDATE runs SET finished = current_timestamp, status = ?, planned = ?, skipped = ?, seconds = ?,
+                      images_per_s = CASE WHEN ? > 0 THEN ingested / ? END
+               WHERE id = ?""",
+            [status, planned, skipped, seconds, seconds, seconds, run_id],
+        )
+
+
+@dataclass
+class ArrayTarget:
+    """One array this run writes, and which of the planned images it still lacks."""
+
+    array_id: int
+    layer: str
+    zarr_array: object
+    missing: np.ndarray  # bool mask over image ids: 1.3 MB for ImageNet, unlike a set of ints
+
+
+@dataclass
+class Batch:
+    ids: np.ndarray
+    fingerprints: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass
+class _Pending:
+    ids: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+
+
+class StoreWriter:
+    """A background thread so that the model never waits on disk or on the catalog."""
+
+    def __init__(self, catalog: Catalog, run_id: int, targets: list[ArrayTarget], model_id: int,
+                 predictions: bool, commit_seconds: float = 5.0, max_pending_bytes: int = 256 << 20):
+        self.catalog = catalog
+        self.run_id = run_id
+        self.targets = targets
+        self.model_id = model_id
+        self.predictions = predictions
+        self.commit_seconds = commit_seconds
+        self.max_pending_bytes = max_pending_bytes
+        self.ingested = 0
+        self.failed = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=16)
+        self._error: BaseException | None = None
+        self._reset_pending()
+        self._thread = threading.Thread(target=self._loop, name="actdb-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, batch: Batch) -> None:
+        self._check()
+        self._queue.put(("batch", batch))
+
+    def fail(self, failures: list[tuple[int, str]]) -> None:
+        """Images the pipeline could not decode: (id, path). Reasons are found here, off the hot path."""
+        self._check()
+        self._queue.put(("fail", failures))
+
+    def close(self) -> None:
+        self._queue.put(("close", None))
+        self._thread.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _reset_pending(self) -> None:
+        self._pending = {t.layer: _Pending() for t in self.targets}
+        self._images: list[pd.DataFrame] = []
+        self._predictions: list[pd.DataFrame] = []
+        self._errors: list[tuple[int, str | None, str]] = []
+        self._pending_bytes = 0
+        self._last_commit = time.monotonic()
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                kind, item = self._queue.get()
+                if kind == "close":
+                    self._commit()
+                    return
+                if kind == "batch":
+                    self._add(item)
+                else:
+                    self._errors.extend((i, path, failure_reason(path)) for i, path in item)
+                if (time.monotonic() - self._last_commit >= self.commit_seconds
+                        or self._pending_bytes >= self.max_pending_bytes):
+                    self._commit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._error = exc
+            while True:  # unblock the producer; nothing more is written
+                kind, _ = self._queue.get()
+                if kind == "close":
+                    return
+
+    def _add(self, batch: Batch) -> None:
+        for target in self.targets:
+            keep = target.missing[batch.ids]
+            if keep.any():
+                pending = self._pending[target.layer]
+                pending.ids.append(batch.ids[keep])
+                rows = batch.outputs[target.layer][keep]
+                pending.rows.append(rows)
+                self._pending_bytes += rows.nbytes
+        self._images.append(
+            pd.DataFrame({"id": batch.ids, "content_hash": [bytes(f).hex() for f in batch.fingerprints],
+                          "width": batch.widths, "height": batch.heights})
+        )
+        if self.predictions:
+            k = batch.outputs["top_index"].shape[1]
+            self._predictions.append(pd.DataFrame({
+                "image_id": np.repeat(batch.ids, k),
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int8), len(batch.ids)),
+                "class_index": batch.outputs["top_index"].reshape(-1).astype(np.int16),
+                "probability": batch.outputs["top_prob"].reshape(-1),
+            }))
+        self.ingested += len(batch.ids)
+
+    def _commit(self) -> None:
+        done = []
+        for target in self.targets:
+            pending = self._pending[target.layer]
+            if not pending.ids:
+                continue
+            ids = np.concatenate(pending.ids)
+            rows = np.concatenate(pending.rows)
+            order = np.argsort(ids)
+            ids, rows = ids[order], rows[order]
+            ids, rows = self._drop_overflow(target, ids, rows)
+            arrays.write_rows(target.zarr_array, ids, rows.astype(target.zarr_array.dtype))
+            done.append(pd.DataFrame({"array_id": target.array_id, "image_id": ids, "run_id": self.run_id}))
+            target.missing[ids] = False
+        with self.catalog.write() as con:
+            if done:
+                con.register("new_done", pd.concat(done))
+                con.execute("INSERT INTO done SELECT array_id, image_id, run_id FROM new_done ON CONFLICT DO NOTHING")
+            if self._images:
+                con.register("decoded", pd.concat(self._images))
+                con.execute(
+                    """UPDATE images SET content_hash = d.content_hash, width = d.width, height = d.height
+                       FROM decoded d WHERE images.id = d.id AND images.content_hash IS NULL"""
+                )
+            if self._predictions:
+                con.register("new_predictions", pd.concat(self._predictions))
+                con.execute(
+                    """INSERT INTO predictions SELECT ?, image_id, rank, class_index, probability
+                       FROM new_predictions ON CONFLICT DO NOTHING""",
+                    [self.model_id],
+                )
+            if self._errors:
+                con.executemany(
+                    """INSERT INTO errors (image_id, path, reason, run_id)
+                       VALUES (?, coalesce(?, (SELECT path FROM images WHERE id = ?)), ?, ?)""",
+                    [(i, path, i, reason, self.run_id) for i, path, reason in self._errors],
+                )
+            decoded = sum(len(f) for f in self._images)
+            image_failures = len({i for i, _, _ in self._errors})
+            con.execute(
+                "UPDATE runs SET ingested = ingested + ?, failed = failed + ? WHERE id = ?",
+                [decoded, image_failures, self.run_id],
+            )
+        self.failed += image_failures
+        self._reset_pending()
+
+    def _drop_overflow(self, target: ArrayTarget, ids: np.ndarray, rows: np.ndarray):
+        """float16 arrays: a row that would overflow is reported in `errors`, never stored as inf."""
+        if target.zarr_array.dtype != np.float16:
+            return ids, rows
+        peak = np.nanmax(np.abs(rows), axis=1) if rows.size else np.zeros(0)
+        bad = peak > FLOAT16_MAX
+        for i, value in zip(ids[bad], peak[bad]):
+            self._errors.append((int(i), None,
+                                 f"float16 overflow in {target.layer}: max |x| = {value:.4g}; use --dtype float32"))
+        return ids[~bad], rows[~bad]
+
+
+def failure_reason(path: str) -> str:
+    """Why a file could not be decoded, in words a person can act on."""
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path)
+    if not file.exists():
+        return "file not found"
+    if file.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(file) as image:
+            image.load()
+    except UnidentifiedImageError:
+        return "not an image (unknown format)"
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"corrupt or truncated image ({str(exc)[:80]})"
+    return "TensorFlow could not decode this image format"

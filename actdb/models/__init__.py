@@ -1,0 +1,175 @@
+"""Models by name or path, with their input size, preprocessing and weights identity.
+
+TensorFlow is imported lazily so that catalog-only commands start fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ActdbError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model name means: how to build it and how to feed it."""
+
+    name: str
+    input_size: int
+    preprocess: str
+    weights_file: str | None = None  # the file Keras caches in ~/.keras/models
+
+
+KERAS_APPLICATIONS = {
+    "vgg16": ModelSpec("vgg16", 224, "caffe", "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
+    "vgg19": ModelSpec("vgg19", 224, "caffe", "vgg19_weights_tf_dim_ordering_tf_kernels.h5"),
+    "resnet50": ModelSpec("resnet50", 224, "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels.h5"),
+    "inception_v3": ModelSpec("inception_v3", 299, "tf", "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"),
+    "mobilenet_v2": ModelSpec(
+        "mobilenet_v2", 224, "tf", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
+    ),
+    "densenet121": ModelSpec("densenet121", 224, "torch", "densenet121_weights_tf_dim_ordering_tf_kernels.h5"),
+}
+_CONSTRUCTORS = {
+    "vgg16": "VGG16",
+    "vgg19": "VGG19",
+    "resnet50": "ResNet50",
+    "inception_v3": "InceptionV3",
+    "mobilenet_v2": "MobileNetV2",
+    "densenet121": "DenseNet121",
+}
+
+
+def _efficientnet_lite_specs() -> dict[str, ModelSpec]:
+    try:  # TEMPORARY until the port lands
+        from . import efficientnet_lite
+    except ImportError:
+        return {}
+    return dict(efficientnet_lite.SPECS)
+
+
+def known_models() -> dict[str, ModelSpec]:
+    return {**KERAS_APPLICATIONS, **_efficientnet_lite_specs()}
+
+
+def spec_for(name: str) -> ModelSpec:
+    specs = known_models()
+    if name not in specs:
+        raise ActdbError(
+            f"unknown model {name!r}: use one of {', '.join(sorted(specs))}, or a saved model file PATH.keras"
+        )
+    return specs[name]
+
+
+@dataclass
+class LoadedModel:
+    """A built Keras model plus everything the catalog must record about it."""
+
+    keras_model: object
+    name: str
+    weights_id: str
+    preprocess: str
+    input_size: int
+
+    @property
+    def has_classifier(self) -> bool:
+        return any(layer.name == "predictions" for layer in self.keras_model.layers)
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_saved_model_path(name: str) -> bool:
+    return name.endswith(".keras")
+
+
+def load(name: str, weights: str = "imagenet", seed: int = 0, preprocess: str | None = None) -> LoadedModel:
+    """Build a model. `weights`: imagenet | random | PATH to a weights file.
+
+    Random weights are seeded, so a resumed ingest rebuilds the very same model.
+    """
+    import keras
+
+    if is_saved_model_path(name):
+        return _load_saved_model(name, preprocess or "none")
+    spec = spec_for(name)
+    if preprocess is not None and preprocess != spec.preprocess:
+        raise ActdbError(f"{name} is trained with {spec.preprocess!r} preprocessing; --preprocess is for PATH.keras models")
+    if weights == "random":
+        keras.utils.set_random_seed(seed)
+        model = _build(spec, weights=None)
+        return LoadedModel(model, name, f"random:seed={seed}", spec.preprocess, spec.input_size)
+    if weights == "imagenet":
+        model = _build(spec, weights="imagenet")
+        return LoadedModel(model, name, "imagenet", spec.preprocess, spec.input_size)
+    path = Path(weights)
+    if not path.is_file():
+        raise ActdbError(f"--weights {weights!r}: not 'imagenet', 'random' or an existing weights file")
+    model = _build(spec, weights=None)
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise ActdbError(f"could not load weights {path} into {name}: {str(exc).splitlines()[0]}") from None
+    return LoadedModel(model, name, f"file:sha256={file_sha256(path)}", spec.preprocess, spec.input_size)
+
+
+def _build(spec: ModelSpec, weights: str | None):
+    if spec.name not in KERAS_APPLICATIONS:
+        from . import efficientnet_lite
+
+        model = efficientnet_lite.build(spec.name)
+        if weights == "imagenet":
+            model.load_weights(str(efficientnet_lite.pretrained_weights_path(spec.name)))
+        return model
+    import keras
+
+    constructor = getattr(keras.applications, _CONSTRUCTORS[spec.name])
+    try:
+        return constructor(weights=weights, include_top=True)
+    except Exception as exc:  # noqa: BLE001 - download failures surface as several types
+        if weights != "imagenet":
+            raise
+        expected = keras_cache_dir() / spec.weights_file
+        raise ActdbError(
+            f"ImageNet weights for {spec.name} are not cached and could not be downloaded "
+            f"({str(exc).splitlines()[0][:80]}): put {spec.weights_file} in {expected.parent}, "
+            f"or pass --weights PATH (a weights file) or --weights random"
+        ) from None
+
+
+def _load_saved_model(path: str, preprocess: str) -> LoadedModel:
+    import keras
+
+    from . import preprocess as preprocessing
+
+    preprocessing.get(preprocess)
+    if not Path(path).is_file():
+        raise ActdbError(f"model file {path} does not exist")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001
+        raise ActdbError(f"could not load Keras model {path}: {str(exc).splitlines()[0]}") from None
+    height, width = model.input_shape[1:3]
+    if height is None or height != width:
+        raise ActdbError(f"{path}: actdb needs a fixed square input shape, the model has {model.input_shape}")
+    return LoadedModel(model, Path(path).stem, f"file:sha256={file_sha256(Path(path))}", preprocess, height)
+
+
+def layer_table(model) -> list[tuple[str, str, tuple]]:
+    """(name, class, output shape) for every layer, for `actdb layers`."""
+    rows = []
+    for layer in model.layers:
+        shape = getattr(layer, "output", None)
+        rows.append((layer.name, type(layer).__name__, tuple(shape.shape) if shape is not None else ()))
+    return rows

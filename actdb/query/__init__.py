@@ -1,0 +1,1 @@
+"""Nearest images and nearest classes over stored activations (FAISS)."""

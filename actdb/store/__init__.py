@@ -1,0 +1,1 @@
+"""A store is a directory: catalog.duckdb (metadata) + activations.zarr (vectors) + indexes/."""

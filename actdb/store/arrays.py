@@ -1,0 +1,98 @@
+"""Zarr v3 activation arrays: one (n_images, channels) array per (model, weights, layer, reduce).
+
+Each chunk holds a run of image ids and is only ever written whole (read-modify-write
+by the single writer that owns it), never through Zarr sharding: partial writes to a
+shared shard lose data (zarr-python #3514). LocalStore writes through a temp file and a
+rename, so a killed writer leaves each chunk old or new, never torn.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+ZARR_DIR = "activations.zarr"
+TARGET_CHUNK_BYTES = 1 << 20  # the zarr docs' rule of thumb: chunks of at least 1 MB
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 256, 4096  # powers of two, so 4096-id work shards align with every array
+
+
+def chunk_rows_for(channels: int, itemsize: int) -> int:
+    rows = TARGET_CHUNK_BYTES // (channels * itemsize)
+    rows = 1 << max(0, int(rows).bit_length() - 1)  # round down to a power of two
+    return int(np.clip(rows, MIN_CHUNK_ROWS, MAX_CHUNK_ROWS))
+
+
+def root(store: Path, mode: str = "r") -> zarr.Group:
+    return zarr.open_group(str(Path(store) / ZARR_DIR), mode=mode, zarr_format=3)
+
+
+def create(store: Path, zarr_path: str, n_rows: int, channels: int, dtype: str, attributes: dict) -> zarr.Array:
+    itemsize = np.dtype(dtype).itemsize
+    return root(store, "a").create_array(
+        zarr_path,
+        shape=(n_rows, channels),
+        chunks=(chunk_rows_for(channels, itemsize), channels),
+        dtype=dtype,
+        fill_value=np.nan,  # rows not computed yet read as NaN, never as plausible zeros
+        compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+        dimension_names=("image_id", "channel"),
+        attributes=attributes,
+    )
+
+
+def open_array(store: Path, zarr_path: str, mode: str = "r") -> zarr.Array:
+    return root(store, mode)[zarr_path]
+
+
+def grow(array: zarr.Array, n_rows: int) -> None:
+    if array.shape[0] < n_rows:
+        array.resize((n_rows, array.shape[1]))
+
+
+def chunk_groups(ids: np.ndarray, span: int):
+    """Split sorted ids into (start, ids in [start, start + span)) with start a multiple of span."""
+    cuts = np.flatnonzero(np.diff(ids // span)) + 1
+    for part in np.split(ids, cuts):
+        if len(part):
+            yield int(part[0] // span) * span, part
+
+
+def write_rows(array: zarr.Array, ids: np.ndarray, values: np.ndarray) -> None:
+    """Write rows `ids` (sorted, unique); every touched chunk is written whole."""
+    chunk_rows = array.chunks[0]
+    n_rows = array.shape[0]
+    offset = 0
+    for start, part in chunk_groups(ids, chunk_rows):
+        stop = min(start + chunk_rows, n_rows)
+        rows = values[offset : offset + len(part)]
+        offset += len(part)
+        if len(part) == stop - start:
+            block = rows
+        else:
+            block = array[start:stop]
+            block[part - start] = rows
+        array[start:stop] = block
+
+
+def read_rows(array: zarr.Array, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` in the given order, reading each touched chunk once."""
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    out = np.empty((len(ids), array.shape[1]), dtype=np.float32)
+    sorted_ids = ids[order]
+    offset = 0
+    for start, part in chunk_groups(sorted_ids, array.chunks[0]):
+        stop = int(part[-1]) + 1
+        block = array[start:stop]
+        out[order[offset : offset + len(part)]] = block[part - start]
+        offset += len(part)
+    return out
+
+
+def iter_blocks(array: zarr.Array, ids: np.ndarray, rows_per_block: int = 65536):
+    """Stream (ids, float32 rows) over sorted ids, whole chunks at a time: memory stays bounded."""
+    span = array.chunks[0] * max(1, rows_per_block // array.chunks[0])
+    for _, part in chunk_groups(np.sort(np.asarray(ids, dtype=np.int64)), span):
+        yield part, read_rows(array, part)

@@ -1,0 +1,156 @@
+"""The DuckDB catalog: every image's metadata, models, arrays, runs, completion, errors.
+
+Sessions are short (open, one transaction, close) so that readers and the one writer
+take turns; see locks.py. Row i of every Zarr array is images.id = i.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from ..errors import ActdbError
+from .locks import catalog_lock
+
+CATALOG_FILE = "catalog.duckdb"
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE images (
+    id BIGINT PRIMARY KEY,
+    path VARCHAR NOT NULL UNIQUE,
+    content_hash VARCHAR,          -- FarmHash64 fingerprint of the file bytes, set when first decoded
+    wnid VARCHAR,
+    class_index SMALLINT,          -- ImageNet-1k index, sorted-wnid order
+    label VARCHAR,
+    split VARCHAR,
+    source VARCHAR,                -- the SOURCE argument the image was listed from
+    width INTEGER,
+    height INTEGER,
+    added_run INTEGER
+);
+CREATE TABLE models (
+    id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    weights VARCHAR NOT NULL,      -- imagenet | random:seed=N | file:sha256=...
+    weights_digest VARCHAR,        -- SHA256 of all weight values: resumed runs must match it
+    preprocess VARCHAR NOT NULL,
+    input_size INTEGER NOT NULL,
+    UNIQUE (name, weights)
+);
+CREATE TABLE arrays (
+    id INTEGER PRIMARY KEY,
+    model_id INTEGER NOT NULL,
+    layer VARCHAR NOT NULL,
+    reduce VARCHAR NOT NULL,       -- mean | max over the spatial axes (vector layers are stored as they are)
+    channels INTEGER NOT NULL,
+    dtype VARCHAR NOT NULL,        -- float32 | float16 on disk
+    precision VARCHAR NOT NULL,    -- compute precision: float32 | bfloat16 | float16
+    resize VARCHAR NOT NULL,       -- center-crop | squash
+    zarr_path VARCHAR NOT NULL,    -- inside activations.zarr
+    UNIQUE (model_id, layer, reduce)
+);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    started TIMESTAMP NOT NULL,
+    finished TIMESTAMP,
+    status VARCHAR NOT NULL,       -- running | done | failed (a killed run stays 'running')
+    params JSON,
+    planned BIGINT,
+    ingested BIGINT DEFAULT 0,
+    skipped BIGINT DEFAULT 0,
+    failed BIGINT DEFAULT 0,
+    seconds DOUBLE,
+    images_per_s DOUBLE
+);
+CREATE TABLE done (array_id INTEGER NOT NULL, image_id BIGINT NOT NULL, run_id INTEGER,
+                   PRIMARY KEY (array_id, image_id));
+CREATE TABLE predictions (model_id INTEGER NOT NULL, image_id BIGINT NOT NULL, rank TINYINT NOT NULL,
+                          class_index SMALLINT NOT NULL, probability FLOAT NOT NULL,
+                          PRIMARY KEY (model_id, image_id, rank));
+CREATE TABLE errors (path VARCHAR NOT NULL, image_id BIGINT, reason VARCHAR NOT NULL, run_id INTEGER,
+                     logged_at TIMESTAMP DEFAULT current_timestamp);
+CREATE TABLE imagenet_classes (class_index SMALLINT PRIMARY KEY, wnid VARCHAR, name VARCHAR);
+CREATE VIEW array_list AS
+    SELECT a.id AS array_id, m.name AS model, m.weights, a.layer, a.reduce, a.channels, a.dtype,
+           a.precision, a.resize, a.zarr_path,
+           (SELECT count(*) FROM done d WHERE d.array_id = a.id) AS rows_done
+    FROM arrays a JOIN models m ON m.id = a.model_id;
+"""
+
+_LOCK_RETRY_SECONDS = 10.0
+
+
+class Catalog:
+    """Short read-only or read-write sessions on `STORE/catalog.duckdb`."""
+
+    def __init__(self, store: Path):
+        self.store = Path(store)
+        self.path = self.store / CATALOG_FILE
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def create(self) -> None:
+        """Create the schema; the caller holds the writer lock."""
+        from .. import imagenet
+
+        self.store.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".creating")
+        tmp.unlink(missing_ok=True)
+        con = duckdb.connect(str(tmp))
+        try:
+            con.execute(SCHEMA)
+            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            con.executemany(
+                "INSERT INTO imagenet_classes VALUES (?, ?, ?)",
+                [(c.index, c.wnid, c.name) for c in imagenet.classes()],
+            )
+        finally:
+            con.close()
+        tmp.rename(self.path)  # a half-created catalog is never seen
+
+    @contextmanager
+    def read(self):
+        if not self.exists():
+            raise ActdbError(f"no actdb store at {self.store}: run `actdb ingest` first or pass --store")
+        with catalog_lock(self.store, exclusive=False):
+            con = _connect(self.path, read_only=True)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def write(self):
+        """One transaction: everything in the block commits together or not at all."""
+        with catalog_lock(self.store, exclusive=True):
+            con = _connect(self.path, read_only=False)
+            try:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    yield con
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Connect, waiting a little if a non-actdb program (a duckdb shell) holds the file."""
+    deadline = time.monotonic() + _LOCK_RETRY_SECONDS
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only, config={"threads": 2})
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise ActdbError(
+                    f"cannot open the catalog {path}: another program holds it ({str(exc).splitlines()[0][:120]}); "
+                    "close it and retry"
+                ) from None
+            time.sleep(0.05)

@@ -1,0 +1,144 @@
+"""The notebook API: `db = actdb.open(path)`; every CLI read command calls these methods."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from ..errors import ActdbError
+from . import arrays
+from .catalog import Catalog
+
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+
+def store_path(path: str | Path | None) -> Path:
+    path = path or os.environ.get("ACTDB_STORE")
+    if not path:
+        raise ActdbError("no store given: pass --store PATH or set ACTDB_STORE")
+    return Path(path)
+
+
+def open(path: str | Path | None = None) -> "Database":  # noqa: A001 - mirrors zarr.open / duckdb.connect
+    db = Database(store_path(path))
+    if not db.catalog.exists():
+        raise ActdbError(f"no actdb store at {db.path}: run `actdb ingest SOURCE --store {db.path}` first")
+    return db
+
+
+class Database:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.catalog = Catalog(self.path)
+
+    def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
+        """Read-only SQL on the catalog; statements that write are refused before they run."""
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as exc:
+            raise ActdbError(f"SQL error: {str(exc).splitlines()[0]}") from None
+        if not statements:
+            raise ActdbError("empty SQL statement")
+        for statement in statements:
+            kind = statement.type.name
+            if kind not in READ_ONLY_STATEMENTS:
+                raise ActdbError(f"actdb sql is read-only: {kind} statements are refused (use SELECT)")
+        with self.catalog.read() as con:
+            try:
+                return con.execute(query, params or []).df()
+            except duckdb.Error as exc:
+                raise ActdbError(f"SQL error: {str(exc).splitlines()[0]}") from None
+
+    def images(self, classes: list[str] | None = None) -> pd.DataFrame:
+        where, params = _class_filter(classes)
+        return self.sql(f"SELECT * FROM images {where} ORDER BY id", params)
+
+    def arrays(self) -> pd.DataFrame:
+        return self.sql("SELECT * FROM array_list ORDER BY array_id")
+
+    def errors(self) -> pd.DataFrame:
+        return self.sql("SELECT * FROM errors ORDER BY logged_at")
+
+    def find_array(self, model: str, layer: str, reduce: str = "mean", weights: str | None = None) -> pd.Series:
+        table = self.arrays()
+        match = table[(table.model == model) & (table.layer == layer) & (table.reduce == reduce)]
+        if weights is not None:
+            match = match[match.weights == weights]
+        if match.empty:
+            have = ", ".join(f"{r.model}/{r.layer}/{r.reduce} ({r.weights})" for r in table.itertuples()) or "none"
+            raise ActdbError(f"no array for {model}/{layer}/{reduce} in {self.path}; stored arrays: {have}")
+        if len(match) > 1:
+            raise ActdbError(f"{model}/{layer} is stored with several weights ({', '.join(match.weights)}): "
+                             "pass weights=")
+        return match.iloc[0]
+
+    def done_ids(self, array_id: int, classes: list[str] | None = None) -> np.ndarray:
+        where, params = _class_filter(classes, prefix="AND")
+        frame = self.sql(
+            f"SELECT d.image_id FROM done d JOIN images ON images.id = d.image_id "
+            f"WHERE d.array_id = ? {where} ORDER BY d.image_id",
+            [int(array_id), *params],
+        )
+        return frame["image_id"].to_numpy(np.int64)
+
+    def activations(self, model: str, layer: str, reduce: str = "mean", ids=None, classes: list[str] | None = None,
+                    weights: str | None = None, return_ids: bool = False):
+        """Stored vectors as float32 (n, channels), row k for image ids[k].
+
+        Without `ids`: every image done for this array (optionally only `classes`), in id order.
+        """
+        info = self.find_array(model, layer, reduce, weights)
+        done = self.done_ids(info.array_id, classes)
+        if ids is None:
+            ids = done
+        else:
+            ids = np.asarray(ids, dtype=np.int64)
+            missing = ids[~np.isin(ids, done)]
+            if len(missing):
+                raise ActdbError(f"{len(missing)} of the requested images (e.g. id {missing[0]}) have no "
+                                 f"{model}/{layer} activations yet: ingest them first")
+        values = arrays.read_rows(arrays.open_array(self.path, info.zarr_path), ids)
+        return (ids, values) if return_ids else values
+
+    def info(self) -> dict:
+        """What is stored: counts, models, arrays, classes, errors, size on disk."""
+        with self.catalog.read() as con:
+            def scalar(q):
+                return con.execute(q).fetchone()[0]
+
+            summary = {
+                "store": str(self.path),
+                "images": scalar("SELECT count(*) FROM images"),
+                "classes": scalar("SELECT count(DISTINCT label) FROM images WHERE label IS NOT NULL"),
+                "errors": scalar("SELECT count(*) FROM errors"),
+                "sources": con.execute(
+                    "SELECT source, split, count(*) AS images FROM images GROUP BY ALL ORDER BY source, split"
+                ).df().to_dict("records"),
+                "models": con.execute(
+                    "SELECT name, weights, preprocess, input_size FROM models ORDER BY id"
+                ).df().to_dict("records"),
+                "arrays": con.execute(
+                    "SELECT model, weights, layer, reduce, channels, dtype, precision, resize, rows_done "
+                    "FROM array_list ORDER BY array_id"
+                ).df().to_dict("records"),
+                "top_classes": con.execute(
+                    "SELECT label, count(*) AS images FROM images WHERE label IS NOT NULL "
+                    "GROUP BY label ORDER BY images DESC, label LIMIT 10"
+                ).df().to_dict("records"),
+                "runs": con.execute(
+                    "SELECT id, status, planned, ingested, skipped, failed, round(images_per_s, 2) AS images_per_s "
+                    "FROM runs ORDER BY id DESC LIMIT 5"
+                ).df().to_dict("records"),
+            }
+        summary["bytes_on_disk"] = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return summary
+
+
+def _class_filter(classes: list[str] | None, prefix: str = "WHERE") -> tuple[str, list]:
+    if not classes:
+        return "", []
+    marks = ", ".join("?" for _ in classes)
+    return f"{prefix} (images.label IN ({marks}) OR images.wnid IN ({marks}))", [*classes, *classes]

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny models and small labelled image sets, built offline in the tests."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from actdb.cli import cli
+
+WNIDS = {"n02321529": "sea_cucumber", "n02105056": "groenendael", "n01440764": "tench"}
+TINY_SIZE = 32
+
+
+def write_image(path: Path, rng: np.random.Generator, size=(TINY_SIZE, TINY_SIZE)) -> Path:
+    """A PNG with some structure (a gradient plus noise), so different images differ."""
+    h, w = size
+    ramp = np.linspace(0, 255, w)[None, :, None] * rng.random(3)[None, None, :]
+    pixels = np.clip(ramp + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def make_imagenet_tree(root: Path, per_class: int, seed: int = 0, size=(TINY_SIZE, TINY_SIZE)) -> Path:
+    rng = np.random.default_rng(seed)
+    for wnid in WNIDS:
+        for i in range(per_class):
+            write_image(root / wnid / f"{wnid}_{i:04d}.png", rng, size)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """A small conv net with a classifier head, saved as .keras; random weights, seeded."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(inputs)
+    x = keras.layers.MaxPooling2D(name="pool1")(x)
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(12, activation="relu", name="fc")(x)
+    outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    keras.Model(inputs, outputs, name="tiny").save(path)
+    return path
+
+
+@pytest.fixture
+def imagenet_tree(tmp_path) -> Path:
+    return make_imagenet_tree(tmp_path / "train", per_class=4)
+
+
+@pytest.fixture
+def run_cli():
+    """Invoke the CLI in-process; returns the click Result."""
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke

@@ -1,0 +1,234 @@
+"""Ingest end to end, checked against a direct Keras forward pass and NumPy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+import actdb
+from actdb.store.locks import writer_lock
+from conftest import WNIDS, make_imagenet_tree, write_image
+
+LAYERS = "conv1,conv2,fc"
+
+
+def ingest_args(store, source, model, *extra):
+    return ["--store", store, "ingest", source, "--model", model, "--preprocess", "tf", "--layers", LAYERS,
+            "--batch-size", 5, "--quiet", *extra]
+
+
+def direct_forward(model_path, paths, layer, reduce):
+    """The seeds' method: load, preprocess, cut the model at the layer, average over H and W."""
+    import keras
+
+    model = keras.models.load_model(model_path)
+    cut = keras.Model(model.inputs, model.get_layer(layer).output)
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
+    out = cut.predict(pixels / 127.5 - 1.0, verbose=0)
+    if out.ndim == 4:
+        out = out.mean(axis=(1, 2)) if reduce == "mean" else out.max(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_stored_activations_equal_direct_forward_pass(tmp_path, imagenet_tree, tiny_model_path, run_cli, reduce):
+    store = tmp_path / "store"
+    result = run_cli(*ingest_args(store, imagenet_tree, tiny_model_path, "--reduce", reduce))
+    assert result.exit_code == 0, result.output
+    db = actdb.open(store)
+    images = db.images()
+    assert len(images) == 12
+    assert sorted(images.wnid.unique()) == sorted(WNIDS)
+    assert set(images.label) == set(WNIDS.values())
+    for layer in LAYERS.split(","):
+        ids, stored = db.activations("tiny", layer, reduce=reduce, return_ids=True)
+        expected = direct_forward(tiny_model_path, images.set_index("id").loc[ids, "path"], layer, reduce)
+        np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ids_labels_and_class_subset_in_api(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    store = tmp_path / "store"
+    assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path)).exit_code == 0
+    db = actdb.open(store)
+    images = db.images()
+    assert list(images.id) == list(range(12))
+    assert (images.width == 32).all() and images.content_hash.str.len().eq(16).all()
+    ids, cucumbers = db.activations("tiny", "conv2", classes=["sea_cucumber"], return_ids=True)
+    assert set(images.set_index("id").loc[ids, "wnid"]) == {"n02321529"} and len(ids) == 4
+    assert cucumbers.shape == (4, 16)
+    np.testing.assert_array_equal(db.activations("tiny", "conv2", ids=ids[::-1]), cucumbers[::-1])
+
+
+def test_reingest_adds_nothing_and_new_images_add_only_them(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    store = tmp_path / "store"
+    assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path)).exit_code == 0
+    before = actdb.open(store).activations("tiny", "conv2")
+    again = run_cli(*ingest_args(store, imagenet_tree, tiny_model_path, "--json"))
+    assert '"ingested": 0' in again.output and '"skipped": 12' in again.output
+    write_image(imagenet_tree / "n01440764" / "n01440764_new.png", np.random.default_rng(7))
+    more = run_cli(*ingest_args(store, imagenet_tree, tiny_model_path, "--json"))
+    assert '"ingested": 1' in more.output and '"skipped": 12' in more.output
+    db = actdb.open(store)
+    images = db.images()
+    assert len(images) == 13 and images.path.is_unique
+    assert images.set_index("id").loc[12, "path"].endswith("n01440764_new.png")
+    np.testing.assert_array_equal(db.activations("tiny", "conv2", ids=range(12)), before)
+    assert db.sql("SELECT count(*) AS n FROM done").n[0] == 13 * 3
+
+
+def test_another_layer_computes_only_what_is_missing(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    store = tmp_path / "store"
+    first = ["--store", store, "ingest", imagenet_tree, "--model", tiny_model_path, "--preprocess", "tf",
+             "--layers", "conv1", "--quiet", "--per-class", 2]
+    assert run_cli(*first).exit_code == 0
+    second = ["--store", store, "ingest", imagenet_tree, "--model", tiny_model_path, "--preprocess", "tf",
+              "--layers", "conv1,conv2", "--quiet"]
+    assert run_cli(*second).exit_code == 0
+    db = actdb.open(store)
+    runs = db.sql("SELECT planned, ingested FROM runs ORDER BY id")
+    assert list(runs.planned) == [6, 12] and list(runs.ingested) == [6, 12]
+    done = db.sql("SELECT a.layer, count(*) AS n, min(d.run_id) AS first_run FROM done d "
+                  "JOIN arrays a ON a.id = d.array_id GROUP BY a.layer ORDER BY a.layer")
+    assert list(done.n) == [12, 12]
+    # conv1 rows of the first six images were written by run 1 and not recomputed into new done rows
+    assert db.sql("SELECT count(*) AS n FROM done d JOIN arrays a ON a.id = d.array_id "
+                  "WHERE a.layer = 'conv1' AND d.run_id = 1").n[0] == 6
+
+
+def test_bad_files_are_recorded_and_ingest_goes_on(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    folder = imagenet_tree / "n02321529"
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_bytes(b"this is not an image")
+    good = (folder / "n02321529_0000.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    store = tmp_path / "store"
+    result = run_cli(*ingest_args(store, imagenet_tree, tiny_model_path, "--json"))
+    assert '"failed": 3' in result.output and '"ingested": 12' in result.output
+    errors = actdb.open(store).errors().set_index("path")
+    reasons = {p.rsplit("/", 1)[1]: r for p, r in errors.reason.items()}
+    assert reasons["empty.png"] == "empty file"
+    assert reasons["text.png"] == "not an image (unknown format)"
+    assert reasons["truncated.png"].startswith("corrupt or truncated")
+    again = run_cli(*ingest_args(store, imagenet_tree, tiny_model_path, "--json"))
+    assert '"ingested": 0' in again.output and len(actdb.open(store).errors()) == 3
+
+
+def test_predictions_are_the_top5_of_the_classifier(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    import keras
+
+    store = tmp_path / "store"
+    assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path, "--predictions")).exit_code == 0
+    db = actdb.open(store)
+    stored = db.sql("SELECT image_id, rank, class_index, probability FROM predictions ORDER BY image_id, rank")
+    paths = db.images().path
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths])
+    probs = keras.models.load_model(tiny_model_path).predict(pixels / 127.5 - 1.0, verbose=0)
+    top = np.sort(probs, axis=1)[:, ::-1][:, :5]
+    np.testing.assert_allclose(stored.probability.to_numpy().reshape(-1, 5), top, rtol=1e-5)
+    first = stored.class_index.to_numpy().reshape(-1, 5)[:, 0]
+    np.testing.assert_array_equal(probs[np.arange(len(probs)), first], probs.max(axis=1))
+
+
+def test_float16_storage_reports_overflow_instead_of_storing_inf(tmp_path, tiny_model_path, run_cli):
+    import keras
+
+    model = keras.models.load_model(tiny_model_path)
+    kernel, bias = model.get_layer("conv1").get_weights()
+    model.get_layer("conv1").set_weights([kernel * 1e8, bias])  # activations far beyond float16's 65504
+    loud = tmp_path / "loud.keras"
+    model.save(loud)
+    source = make_imagenet_tree(tmp_path / "train", per_class=1)
+    store = tmp_path / "store"
+    result = run_cli("--store", store, "ingest", source, "--model", loud, "--preprocess", "tf", "--layers",
+                     "conv1", "--dtype", "float16", "--quiet")
+    assert result.exit_code == 0, result.output
+    db = actdb.open(store)
+    assert db.arrays().set_index("layer").loc["conv1", "rows_done"] == 0
+    assert db.errors().reason.str.startswith("float16 overflow in conv1").sum() == 3
+    raw = zarr.open_array(str(store / "activations.zarr" / db.arrays().zarr_path[0]), mode="r")[:]
+    assert not np.isinf(raw).any()
+
+
+def test_float16_storage_is_close_to_float32(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    store = tmp_path / "store"
+    assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path, "--dtype", "float16")).exit_code == 0
+    db = actdb.open(store)
+    stored = db.activations("tiny", "conv2")
+    expected = direct_forward(tiny_model_path, db.images().path, "conv2", "mean")
+    np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "vgg99"], "unknown model 'vgg99'"),
+        (["--layers", "conv9"], "unknown layer 'conv9' in tiny; valid layers: conv1, pool1, conv2"),
+        (["--classes", "n09999999"], "n09999999"),
+        (["--classes", "unicorn"], "unicorn"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_store(tmp_path, imagenet_tree, tiny_model_path, run_cli, args, message):
+    store = tmp_path / "store"
+    base = ["--store", store, "ingest", imagenet_tree, "--model", tiny_model_path, "--preprocess", "tf", "--quiet"]
+    result = run_cli(*base, *args)
+    assert result.exit_code != 0
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not store.exists()
+
+
+def test_empty_source_is_an_error(tmp_path, tiny_model_path, run_cli):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("--store", tmp_path / "store", "ingest", tmp_path / "empty", "--model", tiny_model_path)
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_second_writer_gets_a_clear_message(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    store = tmp_path / "store"
+    assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path, "--limit", 3)).exit_code == 0
+    with writer_lock(store, "actdb ingest"):
+        result = run_cli(*ingest_args(store, imagenet_tree, tiny_model_path))
+    assert result.exit_code != 0
+    assert "is being written by pid" in result.output and "readers still work" in result.output
+    assert len(actdb.open(store).images()) == 3
+
+
+def test_sql_is_read_only(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    store = tmp_path / "store"
+    assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path)).exit_code == 0
+    for statement in ["DELETE FROM images", "DROP TABLE images", "SELECT 1; DELETE FROM images",
+                      "COPY images TO 'x.csv'", "ATTACH 'other.duckdb'"]:
+        result = run_cli("--store", store, "sql", statement)
+        assert result.exit_code != 0 and "read-only" in result.output, statement
+    counted = run_cli("--store", store, "sql", "SELECT count(*) AS n FROM images", "--json")
+    assert counted.output.strip() == '[{"n":12}]'
+    assert len(actdb.open(store).images()) == 12
+
+
+def test_info_reports_what_is_stored(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    import json
+
+    store = tmp_path / "store"
+    assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path)).exit_code == 0
+    info = json.loads(run_cli("--store", store, "info", "--json").output)
+    assert info["images"] == 12 and info["classes"] == 3 and info["errors"] == 0
+    assert {a["layer"]: a["rows_done"] for a in info["arrays"]} == {"conv1": 12, "conv2": 12, "fc": 12}
+    assert {a["layer"]: a["channels"] for a in info["arrays"]} == {"conv1": 8, "conv2": 16, "fc": 12}
+    assert info["bytes_on_disk"] > 0
+    text = run_cli("--store", store, "info").output
+    assert "12 images, 3 classes" in text and "sea_cucumber" in text
+
+
+def test_store_is_readable_without_actdb(tmp_path, imagenet_tree, tiny_model_path, run_cli):
+    import duckdb
+    import zarr
+
+    store = tmp_path / "store"
+    assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path)).exit_code == 0
+    con = duckdb.connect(str(store / "catalog.duckdb"), read_only=True)
+    zarr_path, = con.execute("SELECT zarr_path FROM array_list WHERE layer = 'conv2'").fetchone()
+    con.close()
+    plain = zarr.open_array(str(store / "activations.zarr" / zarr_path), mode="r")[:]
+    np.testing.assert_array_equal(plain, actdb.open(store).activations("tiny", "conv2"))
