@@ -133,9 +133,11 @@ class Extractor:
         with self.strategy.scope():
             self.cut = keras.Model(model.inputs, heads)
         size = loaded.input_size
-        self._forward = tf.function(
-            self._replica_forward, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)]
-        )
+        if self.strategy.num_replicas_in_sync == 1:
+            signature = [tf.TensorSpec([None, size, size, 3], tf.float32)]
+            self._forward = tf.function(self._replica_forward, input_signature=signature)
+        else:
+            self._forward = tf.function(self._mirrored_forward)
 
     def _replica_forward(self, pixels):
         heads = self.cut(self.preprocess(pixels), training=False)
@@ -153,6 +155,10 @@ class Extractor:
             results["top_index"], results["top_prob"] = top.indices, top.values
         return results
 
+    def _mirrored_forward(self, per_replica_pixels):
+        results = self.strategy.run(self._replica_forward, args=(per_replica_pixels,))
+        return {k: self.strategy.gather(v, axis=0) for k, v in results.items()}
+
     def __call__(self, pixels: np.ndarray | tf.Tensor) -> dict[str, np.ndarray]:
         """Forward a batch of n <= batch_size images; pads to the fixed batch size."""
         n = int(pixels.shape[0])
@@ -164,11 +170,9 @@ class Extractor:
             results = self._forward(pixels)
         else:
             shards = tf.split(pixels, replicas)
-            per_replica = self.strategy.experimental_distribute_values_from_function(
+            results = self._forward(self.strategy.experimental_distribute_values_from_function(
                 lambda ctx: shards[ctx.replica_id_in_sync_group]
-            )
-            results = self.strategy.run(self._forward, args=(per_replica,))
-            results = {k: self.strategy.gather(v, axis=0) for k, v in results.items()}
+            ))
         return {k: v.numpy()[:n] for k, v in results.items()}
 
 

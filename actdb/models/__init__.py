@@ -4,7 +4,9 @@ TensorFlow is imported lazily so that catalog-only commands start fast.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +138,8 @@ def _build(spec: ModelSpec, weights: str | None):
 
     constructor = getattr(keras.applications, _CONSTRUCTORS[spec.name])
     try:
-        return constructor(weights=weights, include_top=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its download URL: keep stdout for results
+            return constructor(weights=weights, include_top=True)
     except Exception as exc:  # noqa: BLE001 - download failures surface as several types
         if weights != "imagenet":
             raise

@@ -9,13 +9,14 @@ import tensorflow as tf
 
 from ..errors import ActdbError
 
-IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)  # caffe and torch means, RGB order
+CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
 
 
 def caffe(x):
     """VGG / ResNet50: RGB -> BGR, subtract the ImageNet mean, no scaling."""
-    return x[..., ::-1] - tf.constant(IMAGENET_MEAN_RGB[::-1], dtype=x.dtype)
+    return x[..., ::-1] - tf.constant(CAFFE_MEAN_RGB[::-1], dtype=x.dtype)
 
 
 def tf_mode(x):
@@ -25,7 +26,7 @@ def tf_mode(x):
 
 def torch(x):
     """DenseNet: scale to [0, 1], then ImageNet mean and std per channel."""
-    mean = tf.constant([m / 255.0 for m in IMAGENET_MEAN_RGB], dtype=x.dtype)
+    mean = tf.constant(TORCH_MEAN_RGB, dtype=x.dtype)
     return (x / 255.0 - mean) / tf.constant(TORCH_STD_RGB, dtype=x.dtype)
 
 
