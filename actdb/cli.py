@@ -73,7 +73,7 @@ def _store(ctx) -> str:
 @click.argument("source", type=click.Path())
 @click.option("--model", default="vgg19", show_default=True, help="Model name (see `actdb models`) or PATH.keras.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | random[:SEED] | PATH to a weights file.")
-@click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "none"]), help="Pixel scaling, for PATH.keras models.")
+@click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "lite", "none"]), help="Pixel scaling, for PATH.keras models.")
 @click.option("--layers", default="block5_conv4", show_default=True, help="Comma-separated layer names, or all-conv.")
 @click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True, help="Spatial reduction.")
 @click.option("--classes", help="Only these classes: wnids or names, comma-separated.")
@@ -175,6 +175,61 @@ def layers(model, as_json):
     width = max(len(n) for n, _, _ in rows)
     for name, kind, shape in rows:
         click.echo(f"{name:<{width}}  {kind:<22} {shape}")
+
+
+@cli.command()
+@click.argument("queries", nargs=-1, required=True)
+@click.option("--models", "model_names", default="efficientnet_lite0", show_default=True,
+              help="Comma-separated model names.")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | random[:SEED] | PATH.")
+@click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--resize", type=click.Choice(["center-crop", "squash"]), default="center-crop", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_needs_tensorflow
+def predict(queries, model_names, weights, top, resize, as_json):
+    """Top ImageNet classes of each QUERY image, per model.
+
+    \b
+    actdb predict photo.jpg --models efficientnet_lite0,vgg19 --top 3
+    """
+    import pandas as pd
+
+    from .predict import predict as run_predict
+
+    rows, unavailable = run_predict(list(queries), _csv_list(model_names), top=top, resize=resize, weights=weights)
+    for model, reason in unavailable.items():
+        click.echo(f"{model}: unavailable: {reason}", err=True)
+    frame = pd.DataFrame([r.__dict__ for r in rows])
+    if as_json:
+        click.echo(frame.to_json(orient="records"))
+        return
+    frame["probability"] = frame.probability.map("{:.4f}".format)
+    for (query, model), group in frame.groupby(["query", "model"], sort=False):
+        click.echo(f"{query}  [{model}]")
+        click.echo(group[["rank", "class_index", "wnid", "name", "probability"]].to_string(index=False))
+        click.echo()
+
+
+@cli.command()
+@click.option("--model", type=click.Choice(["efficientnet_lite0", "vgg19"]),
+              help="Default: vgg19 when its ImageNet weights are cached, else efficientnet_lite0.")
+@click.option("--views", type=click.IntRange(1, 100), default=8, show_default=True,
+              help="Augmented views per photo.")
+@click.pass_context
+@_needs_tensorflow
+def demo(ctx, model, views):
+    """Build a labelled set from real photos, ingest it, classify, and show the store."""
+    from .demo import DEMO_LAYERS, build_image_set, default_model
+
+    model = model or default_model()
+    ctx.obj["store"] = _store(ctx)
+    folder, originals = build_image_set(ctx.obj["store"], views)
+    click.echo(f"== {len(originals)} real photos x {views} views in {folder}; ingesting with {model}")
+    ctx.invoke(ingest, source=folder, model=model, layers=DEMO_LAYERS[model], predictions=True)
+    click.echo("\n== actdb predict (view 0 of each photo)")
+    ctx.invoke(predict, queries=[str(p) for p in originals], model_names=model)
+    click.echo("== actdb info")
+    ctx.invoke(info)
 
 
 @cli.command(name="models")

@@ -141,8 +141,9 @@ def _register_model(catalog: Catalog, loaded: models.LoadedModel) -> int:
         if row is None:
             model_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM models").fetchone()[0]
             con.execute(
-                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?)",
-                [model_id, loaded.name, loaded.weights_id, digest, loaded.preprocess, loaded.input_size],
+                "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [model_id, loaded.name, loaded.weights_id, digest, loaded.preprocess, loaded.input_size,
+                 loaded.model_path, loaded.weights_path],
             )
             return int(model_id)
     model_id, stored_digest, stored_preprocess = row

@@ -21,7 +21,7 @@ class ModelSpec:
     name: str
     input_size: int
     preprocess: str
-    weights_file: str | None = None  # the file Keras caches in ~/.keras/models
+    weights_file: str | None = None  # the ImageNet weights file: Keras' cache name, or the shipped .pth
 
 
 KERAS_APPLICATIONS = {
@@ -45,10 +45,8 @@ _CONSTRUCTORS = {
 
 
 def _efficientnet_lite_specs() -> dict[str, ModelSpec]:
-    try:  # TEMPORARY until the port lands
-        from . import efficientnet_lite
-    except ImportError:
-        return {}
+    from . import efficientnet_lite
+
     return dict(efficientnet_lite.SPECS)
 
 
@@ -74,6 +72,8 @@ class LoadedModel:
     weights_id: str
     preprocess: str
     input_size: int
+    model_path: str | None = None
+    weights_path: str | None = None
 
     @property
     def has_classifier(self) -> bool:
@@ -123,7 +123,8 @@ def load(name: str, weights: str = "imagenet", seed: int = 0, preprocess: str | 
         model.load_weights(str(path))
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ActdbError(f"could not load weights {path} into {name}: {str(exc).splitlines()[0]}") from None
-    return LoadedModel(model, name, f"file:sha256={file_sha256(path)}", spec.preprocess, spec.input_size)
+    return LoadedModel(model, name, f"file:sha256={file_sha256(path)}", spec.preprocess, spec.input_size,
+                       weights_path=str(path.resolve()))
 
 
 def _build(spec: ModelSpec, weights: str | None):
@@ -166,7 +167,8 @@ def _load_saved_model(path: str, preprocess: str) -> LoadedModel:
     height, width = model.input_shape[1:3]
     if height is None or height != width:
         raise ActdbError(f"{path}: actdb needs a fixed square input shape, the model has {model.input_shape}")
-    return LoadedModel(model, Path(path).stem, f"file:sha256={file_sha256(Path(path))}", preprocess, height)
+    return LoadedModel(model, Path(path).stem, f"file:sha256={file_sha256(Path(path))}", preprocess, height,
+                       model_path=str(Path(path).resolve()))
 
 
 def layer_table(model) -> list[tuple[str, str, tuple]]:

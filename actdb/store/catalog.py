@@ -39,6 +39,8 @@ CREATE TABLE models (
     weights_digest VARCHAR,        -- SHA256 of all weight values: resumed runs must match it
     preprocess VARCHAR NOT NULL,
     input_size INTEGER NOT NULL,
+    model_path VARCHAR,            -- the .keras file, for models loaded from a path
+    weights_path VARCHAR,          -- the weights file, for --weights PATH
     UNIQUE (name, weights)
 );
 CREATE TABLE arrays (
@@ -73,6 +75,28 @@ CREATE TABLE predictions (model_id INTEGER NOT NULL, image_id BIGINT NOT NULL, r
                           PRIMARY KEY (model_id, image_id, rank));
 CREATE TABLE errors (path VARCHAR NOT NULL, image_id BIGINT, reason VARCHAR NOT NULL, run_id INTEGER,
                      logged_at TIMESTAMP DEFAULT current_timestamp);
+CREATE TABLE indexes (
+    array_id INTEGER NOT NULL,
+    metric VARCHAR NOT NULL,       -- l2 | cosine | correlation
+    kind VARCHAR NOT NULL,         -- flat | ivf | hnsw | ivfpq
+    factory VARCHAR,
+    params JSON,                   -- search effort chosen at build time (nprobe, efSearch)
+    n_rows BIGINT NOT NULL,        -- rows indexed; fewer than done rows means the index is behind
+    recall_at_10 DOUBLE,           -- measured against exact search at build time (1.0 for flat)
+    eval_queries INTEGER,
+    build_seconds DOUBLE,
+    file VARCHAR NOT NULL,         -- inside indexes/
+    built_at TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (array_id, metric)
+);
+CREATE TABLE class_centroids (
+    array_id INTEGER NOT NULL,
+    metric VARCHAR NOT NULL,       -- centroids of the vectors as the metric sees them
+    label VARCHAR NOT NULL,
+    members BIGINT NOT NULL,
+    centroid FLOAT[] NOT NULL,
+    PRIMARY KEY (array_id, metric, label)
+);
 CREATE TABLE imagenet_classes (class_index SMALLINT PRIMARY KEY, wnid VARCHAR, name VARCHAR);
 CREATE VIEW array_list AS
     SELECT a.id AS array_id, m.name AS model, m.weights, a.layer, a.reduce, a.channels, a.dtype,

@@ -1,0 +1,61 @@
+"""`actdb predict`: top-k ImageNet classes per image and model, each model with its own
+preprocessing; a model whose weights are missing says so and the others still answer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import imagenet
+from .errors import ActdbError
+
+
+@dataclass
+class Prediction:
+    query: str
+    model: str
+    rank: int
+    class_index: int
+    wnid: str
+    name: str
+    probability: float
+
+
+def classify(loaded, pixels: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, probabilities) of the top classes for a batch of [0, 255] RGB pixels."""
+    import tensorflow as tf
+
+    from .models import preprocess as preprocessing
+
+    if not loaded.has_classifier:
+        raise ActdbError(f"{loaded.name} has no 'predictions' layer to classify with")
+    preprocess = preprocessing.get(loaded.preprocess)
+    probs = loaded.keras_model(preprocess(tf.constant(pixels, tf.float32)), training=False)
+    found = tf.math.top_k(tf.cast(probs, tf.float32), top)
+    return found.indices.numpy(), found.values.numpy()
+
+
+def predict(queries: list[str], model_names: list[str], top: int = 5, resize: str = "center-crop",
+            weights: str = "imagenet") -> tuple[list[Prediction], dict[str, str]]:
+    """Predictions for every (query, model), and a one-line reason per model that could not answer."""
+    from .ingest.pipeline import pixels_of_file
+    from .ingest.run import load_model
+
+    if not 1 <= top <= 1000:
+        raise ActdbError("--top must be between 1 and 1000")
+    rows, unavailable = [], {}
+    for name in model_names:
+        try:
+            loaded = load_model(name, weights, "float32")
+        except ActdbError as exc:
+            unavailable[name] = str(exc)
+            continue
+        pixels = np.stack([pixels_of_file(q, loaded.input_size, resize) for q in queries])
+        indices, probs = classify(loaded, pixels, top)
+        for query, index_row, prob_row in zip(queries, indices, probs):
+            for rank, (index, prob) in enumerate(zip(index_row, prob_row), start=1):
+                c = imagenet.by_index(int(index))
+                rows.append(Prediction(query, name, rank, c.index, c.wnid, c.name, float(prob)))
+    if not rows and unavailable:
+        raise ActdbError("no model could answer: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+    return rows, unavailable

@@ -1,0 +1,69 @@
+"""`actdb predict` and `actdb demo` on the real offline ImageNet model and real photos."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from actdb.photos import available_photos
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    paths = {}
+    for photo in available_photos():
+        paths[photo.name] = folder / f"{photo.name}.png"
+        Image.fromarray(photo.load()).save(paths[photo.name])
+    return paths
+
+
+def test_predict_names_the_real_class_of_real_photos(photo_files, run_cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-weights"))
+    files = [photo_files["coffee"], photo_files["chelsea"]]
+    result = run_cli("predict", *files, "--models", "efficientnet_lite0,vgg19", "--top", "3", "--json")
+    assert result.exit_code == 0, result.output
+    # vgg19's weights cannot be had offline: it says so in one line, and efficientnet still answers
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("vgg19: unavailable: ImageNet weights for vgg19 are not cached")
+    rows = json.loads(lines[-1])
+    assert {r["model"] for r in rows} == {"efficientnet_lite0"} and len(rows) == 6
+    top1 = {r["query"].rsplit("/", 1)[1]: r["name"] for r in rows if r["rank"] == 1}
+    assert top1["coffee.png"] == "espresso"
+    assert top1["chelsea.png"] in {"tabby", "tiger_cat", "Egyptian_cat"}  # the three house-cat classes
+    probabilities = [r["probability"] for r in rows if r["query"].endswith("coffee.png")]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0 + 1e-6
+
+
+def test_predict_agrees_with_a_direct_forward_pass(photo_files):
+    """Same pixels through Keras by hand: the product's preprocessing and top-k are right."""
+    import tensorflow as tf
+
+    from actdb.ingest.pipeline import pixels_of_file
+    from actdb.models import load
+    from actdb.predict import predict
+
+    rows, _ = predict([str(photo_files["rocket"])], ["efficientnet_lite0"], top=5)
+    model = load("efficientnet_lite0").keras_model
+    pixels = pixels_of_file(str(photo_files["rocket"]), 224, "center-crop")
+    probs = model(tf.constant((pixels[None] - 127.0) / 128.0), training=False).numpy()[0]
+    np.testing.assert_array_equal([r.class_index for r in rows], np.argsort(-probs)[:5])
+    np.testing.assert_allclose([r.probability for r in rows], np.sort(probs)[::-1][:5], rtol=1e-5)
+
+
+def test_predict_bad_query_is_one_line(run_cli, tmp_path):
+    result = run_cli("predict", tmp_path / "missing.jpg")
+    assert result.exit_code != 0 and "cannot read image" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, run_cli):
+    result = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
+    assert result.exit_code == 0, result.output
+    assert "ingested 12, skipped 0" in result.output
+    assert "espresso" in result.output and "== actdb info" in result.output
+    again = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
+    assert "ingested 0, skipped 12" in again.output
