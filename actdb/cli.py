@@ -232,6 +232,109 @@ def demo(ctx, model, views):
     ctx.invoke(info)
 
 
+def _array_options(command):
+    """--model/--layer/--reduce/--metric: which stored array and distance a query is about."""
+    for option in reversed([
+        click.option("--model", help="Stored model (may be left out when the store holds one array)."),
+        click.option("--layer", help="Stored layer."),
+        click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True),
+        click.option("--metric", type=click.Choice(["l2", "cosine", "correlation"]), default="l2", show_default=True,
+                     help="l2: Euclidean (the seeds' measure); correlation: 1 - Pearson r."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _print_frame(frame, as_json: bool, float_format: str = "{:.4f}") -> None:
+    for warning in frame.attrs.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        click.echo(frame.to_json(orient="records"))
+        return
+    for query, group in frame.groupby("query", sort=False):
+        click.echo(f"{query}")
+        shown = group.drop(columns="query")
+        for column in shown.select_dtypes("float").columns:
+            shown[column] = shown[column].map(float_format.format)
+        click.echo(shown.to_string(index=False))
+        click.echo()
+
+
+@cli.command()
+@_array_options
+@click.option("--kind", type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfpq"]), default="auto", show_default=True,
+              help="auto: exact (flat) while it fits memory and a 50 ms scan, else IVF tuned to --recall.")
+@click.option("--recall", "recall_target", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="recall@10 an approximate index must reach (measured against exact search).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def index(ctx, model, layer, reduce, metric, kind, recall_target, as_json):
+    """Build (or bring up to date) the FAISS index and class centroids of a stored array.
+
+    \b
+    actdb index --model vgg19 --layer block5_conv4
+    actdb index --model vgg19 --layer block5_conv4 --metric correlation --kind ivf
+    """
+    from .store.db import open as open_db
+
+    report = open_db(_store(ctx)).build_index(model, layer, reduce, metric, kind, recall_target)
+    if as_json:
+        _print_json(report)
+        return
+    recall = "exact" if report["kind"] == "flat" else f"recall@10 {report['recall_at_10']:.3f} measured on " \
+        f"{report['n_eval_queries']} held-out queries with {report['search_params']}"
+    click.echo(f"index {report['action']}: {report['kind']} ({report['factory']}), {metric}, {report['n_rows']} rows, "
+               f"{recall}; built in {report['build_seconds']:.2f} s")
+    if report["kind"] != "flat" and not report.get("target_reached", True):
+        click.echo(f"warning: recall target {recall_target} not reached", err=True)
+
+
+@cli.command()
+@click.argument("queries", nargs=-1, required=True)
+@_array_options
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--where", help="SQL condition on images columns, e.g. \"label IN ('sea_cucumber','groenendael')\".")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_needs_tensorflow
+def neighbors(ctx, queries, model, layer, reduce, metric, k, where, as_json):
+    """The k nearest stored images of each QUERY (image file, id:N, optimized:NAME or .npy vector).
+
+    \b
+    actdb neighbors photo.jpg --model vgg19 --layer block5_conv4 -k 5
+    actdb neighbors id:42 --where "label = 'sea_cucumber'"
+    """
+    from .store.db import open as open_db
+
+    frame = open_db(_store(ctx)).neighbors(list(queries), model, layer, k, where, reduce, metric)
+    _print_frame(frame, as_json)
+
+
+@cli.command(name="classes")
+@click.argument("queries", nargs=-1, required=True)
+@_array_options
+@click.option("--by", type=click.Choice(["centroid", "knn", "mean", "median", "min"]), default="centroid",
+              show_default=True, help="centroid: distance to the class mean; knn: share of the k nearest images; "
+              "mean/median/min: of the distances to every member.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=50, show_default=True, help="Neighbours for --by knn.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--class", "class_name", help="Also show this class's rank and statistics.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_needs_tensorflow
+def rank_classes(ctx, queries, model, layer, reduce, metric, by, k, top, class_name, as_json):
+    """Rank the stored classes for each QUERY: "which class is this image closest to?"
+
+    \b
+    actdb classes optimized.png --model vgg19 --layer block5_conv4 --class sea_cucumber
+    actdb classes id:7 --by median --top 5
+    """
+    from .store.db import open as open_db
+
+    frame = open_db(_store(ctx)).classes(list(queries), model, layer, by, k, top, class_name, reduce, metric)
+    _print_frame(frame, as_json)
+
+
 @cli.command(name="models")
 def list_models():
     """Models known by name, with input size and preprocessing."""

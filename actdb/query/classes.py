@@ -94,9 +94,7 @@ def rank_classes(
     if by == "centroid":
         return _rank_by_centroid(prepared, _required(centroids, "centroids", by), metric)
     if by == "knn":
-        neighbours = _neighbours(
-            queries, _required(index, "index", by), metric, k, query_ids
-        )
+        neighbours = _neighbours(queries, _required(index, "index", by), metric, k, query_ids)
         return _rank_by_neighbours(neighbours, _required(labels_of, "labels_of", by))
     return _rank_by_members(prepared, _required(blocks, "blocks", by), by, metric, query_ids)
 
@@ -133,6 +131,10 @@ def _ranked(frame: pd.DataFrame, score: str, ascending: bool, tie_break: str) ->
 def _rank_by_centroid(prepared: np.ndarray, centroids: ClassCentroids, metric: str) -> pd.DataFrame:
     if centroids.metric != metric:
         raise ActdbError(f"class centroids were computed for {centroids.metric}, not {metric}; recompute them")
+    if prepared.shape[1] != centroids.centroids.shape[1]:
+        raise ActdbError(
+            f"queries have {prepared.shape[1]} dimensions but the centroids {centroids.centroids.shape[1]}"
+        )
     distances = pairwise_distances(prepared, prepare_vectors(centroids.centroids, metric), metric)
     n_queries, n_classes = distances.shape
     frame = pd.DataFrame({

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -69,6 +70,17 @@ EXACT_FILTER_MAX_ROWS = 65_536
 SCREEN_RELATIVE_ERROR = 1e-4
 READ_BATCH_ROWS = 65_536
 EXACT_BATCH_ENTRIES = 1 << 24  # query-row distances held at once in an exact scan (128 MiB)
+
+
+class _Tuning(NamedTuple):
+    search_params: dict[str, int]
+    recall_at_10: float
+    n_eval_queries: int
+    target_reached: bool
+    recall_curve: tuple[tuple[int, float], ...]
+
+
+_EXACT_TUNING = _Tuning({}, 1.0, 0, True, ())  # flat: exact by construction, nothing to tune
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,9 @@ def choose_kind(
         if fits(kind):
             return kind
     needed_gib = n_rows * bytes_per_row("ivfpq", dim) / 2**30
-    raise ActdbError(f"even a compressed (ivfpq) index of {n_rows} rows needs {needed_gib:.1f} GiB; raise the memory budget")
+    raise ActdbError(
+        f"even a compressed (ivfpq) index of {n_rows} rows needs {needed_gib:.1f} GiB; raise the memory budget"
+    )
 
 
 def build_index(
@@ -153,15 +167,14 @@ def build_index(
     if _checked_kind(kind) == "flat":
         index = faiss.index_factory(dim, "IDMap2,Flat", faiss_metric_type(metric))
         n_rows, n_skipped = _add_blocks(index, blocks, metric)
-        tuning = ({}, 1.0, 0, True, ())
+        tuning = _EXACT_TUNING
     else:
         index, n_rows, n_skipped, tuning = _build_approximate(
             blocks, dim, metric, kind, valid_ids, read_rows, recall_target, n_eval_queries, seed
         )
-    search_params, recall, n_eval, reached, curve = tuning
     report = BuildReport(
-        kind, metric, _factory(index), search_params, n_rows, n_skipped,
-        time.perf_counter() - started, recall, n_eval, recall_target, reached, curve,
+        kind=kind, metric=metric, factory=_factory(index), n_rows=n_rows, n_skipped=n_skipped,
+        build_seconds=time.perf_counter() - started, recall_target=recall_target, **tuning._asdict(),
     )
     return index, report
 
@@ -364,8 +377,9 @@ def _add_blocks(index, blocks: Blocks, metric: str, on_added=None) -> tuple[int,
     return n_added, n_skipped
 
 
-def _presence(ids: np.ndarray, size: int = 0) -> np.ndarray:
-    present = np.zeros(max(size, int(ids.max(initial=-1)) + 1), dtype=bool)
+def _presence(ids: np.ndarray) -> np.ndarray:
+    """A boolean array marking the (non-negative) ids."""
+    present = np.zeros(int(ids.max(initial=-1)) + 1, dtype=bool)
     present[ids] = True
     return present
 
@@ -376,10 +390,10 @@ def _claim_ids(present: np.ndarray, ids: np.ndarray) -> np.ndarray:
     if ids.min() < 0:
         raise ActdbError(f"row id {int(ids.min())} is negative; row ids must be >= 0")
     if ids.max() >= len(present):
-        present = np.concatenate([present, np.zeros(max(int(ids.max()) + 1, 2 * len(present)) - len(present), bool)])
+        present = np.pad(present, (0, max(int(ids.max()) + 1, 2 * len(present)) - len(present)))
     taken = present[ids] | (np.bincount(ids - ids.min()) > 1)[ids - ids.min()]
     if taken.any():
-        raise ActdbError(f"row id {int(ids[taken][0])} is already in the index; rebuild it instead of adding")
+        raise ActdbError(f"row id {int(ids[taken][0])} is already in the index; add only new rows")
     present[ids] = True
     return present
 
@@ -399,7 +413,7 @@ def _tune(index, eval_vectors, eval_ids, truth_ids, metric, recall_target):
             break
     best_effort, best_recall = max(curve, key=lambda effort_recall: effort_recall[1])
     apply_search_params(index, {name: best_effort})
-    return {name: best_effort}, best_recall, len(eval_ids), best_recall >= recall_target, tuple(curve)
+    return _Tuning({name: best_effort}, best_recall, len(eval_ids), best_recall >= recall_target, tuple(curve))
 
 
 def _effort_ladder(index) -> tuple[str, list[int]]:

@@ -62,17 +62,21 @@ class Database:
     def errors(self) -> pd.DataFrame:
         return self.sql("SELECT * FROM errors ORDER BY logged_at")
 
-    def find_array(self, model: str, layer: str, reduce: str = "mean", weights: str | None = None) -> pd.Series:
+    def find_array(self, model: str | None, layer: str | None, reduce: str = "mean",
+                   weights: str | None = None) -> pd.Series:
+        """The one stored array that fits; model and layer may be left out when only one fits."""
         table = self.arrays()
-        match = table[(table.model == model) & (table.layer == layer) & (table.reduce == reduce)]
-        if weights is not None:
-            match = match[match.weights == weights]
+        match = table[table.reduce == reduce]
+        for column, value in (("model", model), ("layer", layer), ("weights", weights)):
+            if value is not None:
+                match = match[match[column] == value]
+        have = ", ".join(f"--model {r.model} --layer {r.layer} (reduce {r.reduce}, weights {r.weights})"
+                         for r in table.itertuples()) or "none yet"
+        wanted = f"{model or '?'}/{layer or '?'}/{reduce}"
         if match.empty:
-            have = ", ".join(f"{r.model}/{r.layer}/{r.reduce} ({r.weights})" for r in table.itertuples()) or "none"
-            raise ActdbError(f"no array for {model}/{layer}/{reduce} in {self.path}; stored arrays: {have}")
+            raise ActdbError(f"no stored array {wanted} in {self.path}; stored arrays: {have}")
         if len(match) > 1:
-            raise ActdbError(f"{model}/{layer} is stored with several weights ({', '.join(match.weights)}): "
-                             "pass weights=")
+            raise ActdbError(f"several stored arrays fit {wanted}: name one of {have}")
         return match.iloc[0]
 
     def done_ids(self, array_id: int, classes: list[str] | None = None) -> np.ndarray:
@@ -102,6 +106,30 @@ class Database:
                                  f"{model}/{layer} activations yet: ingest them first")
         values = arrays.read_rows(arrays.open_array(self.path, info.zarr_path), ids)
         return (ids, values) if return_ids else values
+
+    def build_index(self, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                    metric: str = "l2", kind: str = "auto", recall_target: float = 0.95,
+                    weights: str | None = None) -> dict:
+        """Build or update the FAISS index and class centroids of an array; returns the build report."""
+        from ..query import api
+
+        return api.build(self, model, layer, reduce, metric, kind, recall_target, weights)
+
+    def neighbors(self, queries, model: str | None = None, layer: str | None = None, k: int = 10,
+                  where: str | None = None, reduce: str = "mean", metric: str = "l2",
+                  weights: str | None = None) -> pd.DataFrame:
+        """Nearest stored images of each query (file path, `id:N`, `.npy`); `where` filters by catalog columns."""
+        from ..query import api
+
+        return api.neighbors(self, _as_list(queries), model, layer, k, where, reduce, metric, weights)
+
+    def classes(self, queries, model: str | None = None, layer: str | None = None, by: str = "centroid",
+                k: int = 50, top: int = 10, class_name: str | None = None, reduce: str = "mean",
+                metric: str = "l2", weights: str | None = None) -> pd.DataFrame:
+        """Classes ranked for each query: by centroid, knn, or mean/median/min distance to all members."""
+        from ..query import api
+
+        return api.classes(self, _as_list(queries), model, layer, by, k, top, class_name, reduce, metric, weights)
 
     def info(self) -> dict:
         """What is stored: counts, models, arrays, classes, errors, size on disk."""
@@ -135,6 +163,10 @@ class Database:
             }
         summary["bytes_on_disk"] = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return summary
+
+
+def _as_list(queries) -> list[str]:
+    return [str(queries)] if isinstance(queries, (str, Path)) else [str(q) for q in queries]
 
 
 def _class_filter(classes: list[str] | None, prefix: str = "WHERE") -> tuple[str, list]:

@@ -1,0 +1,234 @@
+"""Queries over a store: build/refresh indexes and class centroids, nearest images, nearest classes.
+
+The FAISS math lives in index.py / classes.py; this module only connects it to the
+store (Zarr rows, catalog metadata, index files under STORE/indexes/).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from ..errors import ActdbError
+from ..store import arrays
+from ..store.locks import writer_lock
+from . import classes as class_ranking
+from . import index as faiss_index
+from .metrics import check_metric
+from .resolve import resolve
+
+INDEX_DIR = "indexes"
+
+
+def memory_budget_bytes() -> int:
+    """Half of this machine's memory: an index must leave room for everything else."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def build(db, model: str, layer: str, reduce: str = "mean", metric: str = "l2", kind: str = "auto",
+          recall_target: float = faiss_index.DEFAULT_RECALL_TARGET, weights: str | None = None) -> dict:
+    """Build or bring up to date the index and class centroids of one array."""
+    check_metric(metric)
+    if kind != "auto":
+        faiss_index._checked_kind(kind)
+    with writer_lock(db.path, "actdb index"):
+        array = db.find_array(model, layer, reduce, weights)
+        ids = db.done_ids(array.array_id)
+        if len(ids) == 0:
+            raise ActdbError(f"{model}/{layer} has no stored rows yet: ingest images first")
+        zarr_array = arrays.open_array(db.path, array.zarr_path)
+        existing = _index_row(db, array, metric)
+        report = _refresh(db, existing, ids, zarr_array, metric, kind) if existing is not None else None
+        if report is None:
+            report = _build_new(db, array, ids, zarr_array, metric, kind, recall_target)
+        centroids = class_ranking.class_centroids(_labelled_blocks(db, zarr_array, ids), metric)
+        _record(db, array, metric, report, centroids)
+    return report
+
+
+def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
+    dim = int(array.channels)
+    chosen = faiss_index.choose_kind(len(ids), dim, memory_budget_bytes()) if kind == "auto" else kind
+    if chosen != "flat" and len(ids) < faiss_index.MIN_APPROXIMATE_ROWS:
+        chosen = "flat"  # too few rows to train: exact search is both better and instant
+    index, built = faiss_index.build_index(
+        arrays.iter_blocks(zarr_array, ids), dim, metric, chosen, valid_ids=ids,
+        read_rows=lambda wanted: arrays.read_rows(zarr_array, wanted), recall_target=recall_target,
+    )
+    path = _index_file(db, array, metric)
+    faiss_index.save_index(index, path)
+    report = asdict(built)
+    report.update(file=path.name, action="built", requested_kind=kind)
+    return report
+
+
+def _refresh(db, existing: pd.Series, ids, zarr_array, metric, kind) -> dict | None:
+    """Add new rows to an existing index; None when it must be rebuilt instead."""
+    path = db.path / INDEX_DIR / existing.file
+    if kind not in ("auto", existing.kind) or not path.is_file():
+        return None
+    index = faiss_index.load_index(path)
+    indexed = faiss.vector_to_array(index.id_map)
+    new_ids = np.setdiff1d(ids, indexed)
+    added = 0
+    if len(new_ids):
+        added, _ = faiss_index.add_to_index(index, arrays.iter_blocks(zarr_array, new_ids), metric)
+        faiss_index.save_index(index, path)
+    params = json.loads(existing.params) if existing.params else {}
+    return {"kind": existing.kind, "metric": metric, "factory": existing.factory, "search_params": params,
+            "n_rows": int(index.ntotal), "added": int(added), "recall_at_10": existing.recall_at_10,
+            "n_eval_queries": int(existing.eval_queries or 0), "build_seconds": existing.build_seconds,
+            "file": existing.file, "action": "updated" if len(new_ids) else "up to date", "requested_kind": kind}
+
+
+def _record(db, array, metric: str, report: dict, centroids: class_ranking.ClassCentroids) -> None:
+    with db.catalog.write() as con:
+        con.execute("DELETE FROM indexes WHERE array_id = ? AND metric = ?", [int(array.array_id), metric])
+        con.execute(
+            "INSERT INTO indexes (array_id, metric, kind, factory, params, n_rows, recall_at_10, eval_queries, "
+            "build_seconds, file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [int(array.array_id), metric, report["kind"], report["factory"], json.dumps(report["search_params"]),
+             report["n_rows"], report["recall_at_10"], report["n_eval_queries"], report["build_seconds"],
+             report["file"]],
+        )
+        con.execute("DELETE FROM class_centroids WHERE array_id = ? AND metric = ?", [int(array.array_id), metric])
+        frame = pd.DataFrame({"label": centroids.labels, "members": centroids.counts,
+                              "centroid": [row.astype(np.float32).tolist() for row in centroids.centroids]})
+        con.register("new_centroids", frame)
+        con.execute("INSERT INTO class_centroids SELECT ?, ?, label, members, centroid FROM new_centroids",
+                    [int(array.array_id), metric])
+
+
+def _index_file(db, array, metric: str) -> Path:
+    folder = db.path / INDEX_DIR
+    folder.mkdir(exist_ok=True)
+    return folder / f"array{int(array.array_id)}-{metric}.faiss"
+
+
+def _index_row(db, array, metric: str) -> pd.Series | None:
+    rows = db.sql("SELECT * FROM indexes WHERE array_id = ? AND metric = ?", [int(array.array_id), metric])
+    return None if rows.empty else rows.iloc[0]
+
+
+def _labels_by_id(db) -> np.ndarray:
+    images = db.sql("SELECT id, label FROM images ORDER BY id")
+    labels = np.full(int(images.id.max()) + 1 if len(images) else 0, None, dtype=object)
+    labels[images.id.to_numpy()] = images.label.to_numpy(dtype=object)
+    return labels
+
+
+def _labelled_blocks(db, zarr_array, ids):
+    """(ids, vectors, labels) of the labelled rows: unlabelled images belong to no class."""
+    labels = _labels_by_id(db)
+    labelled = ids[pd.notna(labels[ids])]
+    for block_ids, vectors in arrays.iter_blocks(zarr_array, labelled):
+        yield block_ids, vectors, labels[block_ids].astype(str)
+
+
+# --- querying -------------------------------------------------------------------------
+
+
+def _open_index(db, array, metric: str) -> tuple[faiss.Index, list[str]]:
+    """The array's index with its tuned search effort, and a warning if it is behind."""
+    row = _index_row(db, array, metric)
+    hint = f"actdb index --model {array.model} --layer {array.layer} --metric {metric}"
+    if row is None:
+        raise ActdbError(f"no {metric} index for {array.model}/{array.layer} yet: run `{hint}`")
+    path = db.path / INDEX_DIR / row.file
+    if not path.is_file():
+        raise ActdbError(f"the index file {path} is missing: run `{hint}`")
+    index = faiss_index.load_index(path)
+    faiss_index.apply_search_params(index, json.loads(row.params) if row.params else {})
+    warnings = []
+    behind = int(array.rows_done) - int(index.ntotal)
+    if behind > 0:
+        warnings.append(f"the index is behind: {behind} rows ingested since it was built are not searched; "
+                        f"run `{hint}`")
+    return index, warnings
+
+
+def neighbors(db, queries: list[str], model: str, layer: str, k: int = 10, where: str | None = None,
+              reduce: str = "mean", metric: str = "l2", weights: str | None = None) -> pd.DataFrame:
+    """The k nearest stored images of each query; `where` filters by catalog columns."""
+    check_metric(metric)
+    if k < 1:
+        raise ActdbError("-k must be at least 1")
+    array = db.find_array(model, layer, reduce, weights)
+    index, warnings = _open_index(db, array, metric)
+    allowed = None
+    if where:
+        allowed = db.sql(f"SELECT id FROM images WHERE {where}").id.to_numpy(np.int64)
+        if len(allowed) == 0:
+            raise ActdbError(f"no stored image matches --where {where!r}")
+    resolved = resolve(db, array, queries)
+    ids, distances = faiss_index.search(index, resolved.vectors, k, metric, allowed)
+    rows = [
+        {"query": resolved.texts[q], "rank": rank + 1, "id": int(image_id), "distance": float(distance)}
+        for q in range(len(resolved.texts))
+        for rank, (image_id, distance) in enumerate(zip(ids[q], distances[q]))
+    ]
+    frame = pd.DataFrame(rows, columns=["query", "rank", "id", "distance"])
+    images = db.sql("SELECT id, label, path FROM images")
+    frame = frame.merge(images, on="id", how="left")
+    frame.attrs["warnings"] = warnings
+    return frame
+
+
+def classes(db, queries: list[str], model: str, layer: str, by: str = "centroid", k: int = 50, top: int = 10,
+            class_name: str | None = None, reduce: str = "mean", metric: str = "l2",
+            weights: str | None = None) -> pd.DataFrame:
+    """Classes ranked for each query; with `class_name`, that class's row is kept whatever its rank."""
+    check_metric(metric)
+    if by not in class_ranking.BY:
+        raise ActdbError(f"unknown --by {by!r}: use one of {', '.join(class_ranking.BY)}")
+    array = db.find_array(model, layer, reduce, weights)
+    warnings: list[str] = []
+    resolved = resolve(db, array, queries)
+    query_ids = np.array([-1 if i is None else i for i in resolved.image_ids], np.int64)
+    if by == "centroid":
+        ranked = class_ranking.rank_classes(resolved.vectors, by, metric, centroids=_centroids(db, array, metric))
+        _, warnings = _open_index(db, array, metric)
+    elif by == "knn":
+        index, warnings = _open_index(db, array, metric)
+        labels = _labels_by_id(db)
+        ranked = class_ranking.rank_classes(resolved.vectors, by, metric, index=index, k=k,
+                                            labels_of=lambda ids: labels[ids], query_ids=query_ids)
+    else:
+        ids = db.done_ids(array.array_id)
+        zarr_array = arrays.open_array(db.path, array.zarr_path)
+        ranked = class_ranking.rank_classes(resolved.vectors, by, metric,
+                                            blocks=_labelled_blocks(db, zarr_array, ids), query_ids=query_ids)
+    ranked["query"] = [resolved.texts[q] for q in ranked["query"]]
+    if class_name is not None:
+        class_name = _class_label(db, class_name)
+        if class_name not in set(ranked["class"]):
+            raise ActdbError(f"class {class_name!r} has no stored rows in {array.model}/{array.layer}")
+    keep = (ranked["rank"] <= top) | (ranked["class"] == class_name)
+    frame = ranked[keep].reset_index(drop=True)
+    frame.attrs["warnings"] = warnings
+    return frame
+
+
+def _centroids(db, array, metric: str) -> class_ranking.ClassCentroids:
+    rows = db.sql("SELECT label, members, centroid FROM class_centroids WHERE array_id = ? AND metric = ? "
+                  "ORDER BY label", [int(array.array_id), metric])
+    if rows.empty:
+        raise ActdbError(f"no class centroids for {array.model}/{array.layer} ({metric}) yet: run "
+                         f"`actdb index --model {array.model} --layer {array.layer} --metric {metric}`")
+    return class_ranking.ClassCentroids(rows.label.to_numpy(), np.stack(rows.centroid.to_numpy()).astype(np.float64),
+                                        rows.members.to_numpy(), metric)
+
+
+def _class_label(db, name: str) -> str:
+    """A class as stored: a label as given, or an ImageNet wnid/name resolved to its label."""
+    known = set(db.sql("SELECT DISTINCT label FROM images WHERE label IS NOT NULL").label)
+    if name in known:
+        return name
+    from .. import imagenet
+
+    return imagenet.resolve(name).name

@@ -1,0 +1,171 @@
+"""actdb index / neighbors / classes on a real store, checked against SciPy brute force."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+import actdb
+from conftest import make_imagenet_tree, write_image
+
+ARRAY = ["--model", "tiny", "--layer", "conv2"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_model_path):
+    from click.testing import CliRunner
+
+    from actdb.cli import cli
+
+    root = tmp_path_factory.mktemp("query")
+    source = make_imagenet_tree(root / "train", per_class=8, seed=5)
+    store = root / "store"
+    result = CliRunner().invoke(cli, ["--store", str(store), "ingest", str(source), "--model", str(tiny_model_path),
+                                      "--preprocess", "tf", "--layers", "conv2,fc", "--quiet"])
+    assert result.exit_code == 0, result.output
+    for metric in ("l2", "cosine", "correlation"):
+        assert CliRunner().invoke(cli, ["--store", str(store), "index", *ARRAY, "--metric", metric]).exit_code == 0
+    return store
+
+
+def stored(store):
+    db = actdb.open(store)
+    ids, vectors = db.activations("tiny", "conv2", return_ids=True)
+    return db, ids, vectors
+
+
+@pytest.mark.parametrize("metric, scipy_metric", [("l2", "euclidean"), ("cosine", "cosine"),
+                                                  ("correlation", "correlation")])
+def test_neighbors_equal_brute_force(store, run_cli, metric, scipy_metric):
+    db, ids, vectors = stored(store)
+    result = run_cli("--store", store, "neighbors", "id:3", "id:17", *ARRAY, "--metric", metric, "-k", 6, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    for query in (3, 17):
+        distances = cdist(vectors[ids == query], vectors, scipy_metric)[0]
+        order = np.lexsort((ids, distances))[:6]
+        got = [r for r in rows if r["query"] == f"id:{query}"]
+        assert [r["id"] for r in got] == ids[order].tolist()
+        np.testing.assert_allclose([r["distance"] for r in got], distances[order], rtol=1e-4, atol=1e-5)
+
+
+def test_a_stored_file_finds_itself_at_distance_zero(store, run_cli):
+    db, ids, vectors = stored(store)
+    path = db.images().set_index("id").loc[9, "path"]
+    result = run_cli("--store", store, "neighbors", path, *ARRAY, "-k", 2, "--json")
+    first = json.loads(result.output)[0]
+    assert first["id"] == 9 and first["distance"] < 1e-4 and first["path"] == path
+
+
+def test_file_query_vector_equals_the_ingested_row(store):
+    from actdb.query.resolve import resolve
+
+    db, ids, vectors = stored(store)
+    paths = db.images().set_index("id").loc[[2, 20], "path"].tolist()
+    resolved = resolve(db, db.find_array("tiny", "conv2"), paths)
+    np.testing.assert_allclose(resolved.vectors, vectors[[2, 20]], rtol=1e-6, atol=1e-6)
+    assert resolved.image_ids == [2, 20]
+
+
+def test_where_filters_and_always_returns_k_rows(store, run_cli):
+    db, ids, vectors = stored(store)
+    result = run_cli("--store", store, "neighbors", "id:0", *ARRAY, "-k", 5, "--where",
+                     "label IN ('tench', 'groenendael')", "--json")
+    rows = json.loads(result.output)
+    labels = db.images().set_index("id").label
+    allowed = ids[labels.loc[ids].isin(["tench", "groenendael"]).to_numpy()]
+    distances = cdist(vectors[ids == 0], vectors[np.isin(ids, allowed)])[0]
+    assert [r["id"] for r in rows] == allowed[np.lexsort((allowed, distances))][:5].tolist()
+    assert {r["label"] for r in rows} <= {"tench", "groenendael"}
+
+
+def test_where_cannot_modify_the_store(store, run_cli):
+    result = run_cli("--store", store, "neighbors", "id:0", *ARRAY, "--where", "1=1; DELETE FROM images")
+    assert result.exit_code != 0 and "read-only" in result.output
+    assert len(actdb.open(store).images()) == 24
+
+
+def test_classes_by_centroid_and_members_equal_numpy(store, run_cli):
+    db, ids, vectors = stored(store)
+    labels = db.images().set_index("id").label.loc[ids].to_numpy()
+    query = vectors[ids == 11]
+    result = run_cli("--store", store, "classes", "id:11", *ARRAY, "--json")
+    got = {r["class"]: r["distance"] for r in json.loads(result.output)}
+    for label in set(labels):
+        centroid = vectors[labels == label].mean(axis=0, dtype=np.float64)
+        assert got[label] == pytest.approx(float(np.linalg.norm(query[0] - centroid)), rel=1e-5)
+    result = run_cli("--store", store, "classes", "id:11", *ARRAY, "--by", "median", "--json")
+    got = {r["class"]: r for r in json.loads(result.output)}
+    others = ids != 11  # the query image itself is left out of its class's statistics
+    distances = cdist(query, vectors)[0]
+    for label in set(labels):
+        members = distances[(labels == label) & others]
+        assert got[label]["distance"] == pytest.approx(float(np.median(members)), rel=1e-5)
+        assert got[label]["min"] == pytest.approx(float(members.min()), rel=1e-5)
+        assert got[label]["n_members"] == len(members)
+
+
+def test_class_option_keeps_that_class_whatever_its_rank(store, run_cli):
+    result = run_cli("--store", store, "classes", "id:0", *ARRAY, "--top", 1, "--class", "n01440764", "--json")
+    rows = json.loads(result.output)
+    assert [r["rank"] for r in rows][0] == 1 and "tench" in {r["class"] for r in rows}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["id:999"], "id:999 is not in the store"),
+        (["id:x"], "write id:N"),
+        (["missing.jpg"], "is not a file, id:N, optimized:NAME or a .npy vector"),
+        (["optimized:node4"], "optimized images are not in this store yet"),
+        (["id:0", "--layer", "conv9"], "no stored array tiny/conv9/mean"),
+        (["id:0", "--model", "vgg19"], "no stored array vgg19/conv2/mean"),
+    ],
+)
+def test_bad_queries_are_one_line(store, run_cli, args, message):
+    base = ["--store", store, "neighbors"]
+    if "--layer" in args or "--model" in args:
+        result = run_cli(*base, *args, *(["--model", "tiny"] if "--model" not in args else ["--layer", "conv2"]))
+    else:
+        result = run_cli(*base, *args, *ARRAY)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_npy_vector_query(store, run_cli, tmp_path):
+    db, ids, vectors = stored(store)
+    np.save(tmp_path / "v.npy", vectors[ids == 4][0])
+    rows = json.loads(run_cli("--store", store, "neighbors", tmp_path / "v.npy", *ARRAY, "-k", 1, "--json").output)
+    assert rows[0]["id"] == 4 and rows[0]["distance"] == pytest.approx(0, abs=1e-6)
+    np.save(tmp_path / "wrong.npy", np.zeros(3))
+    result = run_cli("--store", store, "neighbors", tmp_path / "wrong.npy", *ARRAY)
+    assert result.exit_code != 0 and "16 values" in result.output
+
+
+def test_no_index_yet_is_a_one_line_hint(tmp_path, tiny_model_path, run_cli):
+    source = make_imagenet_tree(tmp_path / "train", per_class=1)
+    run_cli("--store", tmp_path / "s", "ingest", source, "--model", tiny_model_path, "--preprocess", "tf",
+            "--layers", "conv2", "--quiet")
+    result = run_cli("--store", tmp_path / "s", "neighbors", "id:0")
+    assert result.exit_code != 0 and "actdb index --model tiny --layer conv2" in result.output
+
+
+def test_stale_index_warns_and_index_adds_only_new_rows(tmp_path, tiny_model_path, run_cli):
+    source = make_imagenet_tree(tmp_path / "train", per_class=3)
+    ingest = ["--store", tmp_path / "s", "ingest", source, "--model", tiny_model_path, "--preprocess", "tf",
+              "--layers", "conv2", "--quiet"]
+    run_cli(*ingest)
+    assert "9 rows" in run_cli("--store", tmp_path / "s", "index").output
+    write_image(source / "n01440764" / "extra.png", np.random.default_rng(11))
+    run_cli(*ingest)
+    stale = run_cli("--store", tmp_path / "s", "neighbors", "id:9", "-k", 3)
+    assert "the index is behind: 1 rows" in stale.output
+    updated = run_cli("--store", tmp_path / "s", "index", "--json")
+    report = json.loads(updated.output)
+    assert report["action"] == "updated" and report["added"] == 1 and report["n_rows"] == 10
+    fresh = json.loads(run_cli("--store", tmp_path / "s", "neighbors", "id:9", "-k", 1, "--json").output)
+    assert fresh[0]["id"] == 9
+    centroids = actdb.open(tmp_path / "s").sql("SELECT sum(members) AS n FROM class_centroids")
+    assert centroids.n[0] == 10
