@@ -210,28 +210,6 @@ def predict(queries, model_names, weights, top, resize, as_json):
         click.echo()
 
 
-@cli.command()
-@click.option("--model", type=click.Choice(["efficientnet_lite0", "vgg19"]),
-              help="Default: vgg19 when its ImageNet weights are cached, else efficientnet_lite0.")
-@click.option("--views", type=click.IntRange(1, 100), default=8, show_default=True,
-              help="Augmented views per photo.")
-@click.pass_context
-@_needs_tensorflow
-def demo(ctx, model, views):
-    """Build a labelled set from real photos, ingest it, classify, and show the store."""
-    from .demo import DEMO_LAYERS, build_image_set, default_model
-
-    model = model or default_model()
-    ctx.obj["store"] = _store(ctx)
-    folder, originals = build_image_set(ctx.obj["store"], views)
-    click.echo(f"== {len(originals)} real photos x {views} views in {folder}; ingesting with {model}")
-    ctx.invoke(ingest, source=folder, model=model, layers=DEMO_LAYERS[model], predictions=True)
-    click.echo("\n== actdb predict (view 0 of each photo)")
-    ctx.invoke(predict, queries=[str(p) for p in originals], model_names=model)
-    click.echo("== actdb info")
-    ctx.invoke(info)
-
-
 def _array_options(command):
     """--model/--layer/--reduce/--metric: which stored array and distance a query is about."""
     for option in reversed([
@@ -342,6 +320,36 @@ def list_models():
 
     for spec in known_models().values():
         click.echo(f"{spec.name:<20} input {spec.input_size:>3}  preprocess {spec.preprocess}")
+
+
+@cli.command()
+@click.option("--model", type=click.Choice(["efficientnet_lite0", "vgg19"]),
+              help="Default: vgg19 when its ImageNet weights are cached, else efficientnet_lite0.")
+@click.option("--views", type=click.IntRange(1, 100), default=8, show_default=True,
+              help="Augmented views per photo.")
+@click.pass_context
+@_needs_tensorflow
+def demo(ctx, model, views):
+    """Real photos end to end: ingest augmented views, classify, index, query nearest images and classes."""
+    from .demo import DEMO_LAYERS, build_image_set, default_model, held_out_views
+
+    model = model or default_model()
+    stored_layers, query_layer = DEMO_LAYERS[model]
+    ctx.obj["store"] = _store(ctx)
+    folder, originals = build_image_set(ctx.obj["store"], views)
+    click.echo(f"== {len(originals)} real photos x {views} views in {folder}; ingesting with {model}")
+    ctx.invoke(ingest, source=folder, model=model, layers=stored_layers, predictions=True)
+    click.echo("\n== actdb predict (view 0 of each photo)")
+    ctx.invoke(predict, queries=[str(p) for p in originals], model_names=model)
+    click.echo(f"== actdb index --model {model} --layer {query_layer}")
+    ctx.invoke(index, model=model, layer=query_layer)
+    queries = [str(p) for p in held_out_views(ctx.obj["store"])]
+    click.echo("\n== actdb neighbors (a new view, never stored) -k 5")
+    ctx.invoke(neighbors, queries=queries[:1], model=model, layer=query_layer, k=5)
+    click.echo("== actdb classes --by centroid (new views of each photo: is the photo's class nearest?)")
+    ctx.invoke(rank_classes, queries=queries, model=model, layer=query_layer, top=2)
+    click.echo("== actdb info")
+    ctx.invoke(info)
 
 
 def main() -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 from .models import KERAS_APPLICATIONS, keras_cache_dir
 
-# Layers worth storing per demo model: a late conv stage, the last feature map, the pooled vector.
+# Layers worth storing per demo model (a late conv stage, the pooled features), and the one queried.
 DEMO_LAYERS = {
-    "efficientnet_lite0": "block6a_project_bn,top_activation,avg_pool",
-    "vgg19": "block5_conv4,fc2",
+    "efficientnet_lite0": ("block6a_project_bn,top_activation,avg_pool", "avg_pool"),
+    "vgg19": ("block5_conv4,fc2", "block5_conv4"),
 }
 
 
@@ -28,3 +28,11 @@ def build_image_set(store: Path, views_per_photo: int, seed: int = 0) -> tuple[P
     paths = write_augmented_views(folder, views_per_photo, seed=seed)
     originals = sorted(p for p in paths if p.stem.endswith("_000"))
     return folder, originals
+
+
+def held_out_views(store: Path, seed: int = 1) -> list[Path]:
+    """One new augmented view per photo, never stored: honest queries for nearest classes."""
+    from .photos import write_augmented_views
+
+    paths = write_augmented_views(Path(store) / "demo-queries", 2, seed=seed)
+    return sorted(p for p in paths if p.stem.endswith("_001"))

@@ -65,5 +65,8 @@ def test_demo_runs_end_to_end(tmp_path, run_cli):
     assert result.exit_code == 0, result.output
     assert "ingested 12, skipped 0" in result.output
     assert "espresso" in result.output and "== actdb info" in result.output
+    assert "index built: flat" in result.output
+    classes = result.output.split("== actdb classes")[1].split("== actdb info")[0]
+    assert "coffee_001.JPEG\n rank    class" in classes and "    1 espresso" in classes
     again = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
     assert "ingested 0, skipped 12" in again.output
