@@ -161,7 +161,7 @@ def test_stale_index_warns_and_index_adds_only_new_rows(tmp_path, tiny_model_pat
     write_image(source / "n01440764" / "extra.png", np.random.default_rng(11))
     run_cli(*ingest)
     stale = run_cli("--store", tmp_path / "s", "neighbors", "id:9", "-k", 3)
-    assert "the index is behind: 1 rows" in stale.output
+    assert "the index and class centroids are behind: 1 rows" in stale.output
     updated = run_cli("--store", tmp_path / "s", "index", "--json")
     report = json.loads(updated.output)
     assert report["action"] == "updated" and report["added"] == 1 and report["n_rows"] == 10

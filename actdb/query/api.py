@@ -133,22 +133,31 @@ def _labelled_blocks(db, zarr_array, ids):
 # --- querying -------------------------------------------------------------------------
 
 
+def _index_hint(array, metric: str) -> str:
+    return f"actdb index --model {array.model} --layer {array.layer} --metric {metric}"
+
+
+def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
+    """The array's index record, and a warning if rows were ingested since it was built."""
+    row = _index_row(db, array, metric)
+    if row is None:
+        raise ActdbError(f"no {metric} index for {array.model}/{array.layer} yet: run `{_index_hint(array, metric)}`")
+    behind = int(array.rows_done) - int(row.n_rows)
+    warnings = []
+    if behind > 0:
+        warnings.append(f"the index and class centroids are behind: {behind} rows ingested since they were built "
+                        f"are not searched; run `{_index_hint(array, metric)}`")
+    return row, warnings
+
+
 def _open_index(db, array, metric: str) -> tuple[faiss.Index, list[str]]:
     """The array's index with its tuned search effort, and a warning if it is behind."""
-    row = _index_row(db, array, metric)
-    hint = f"actdb index --model {array.model} --layer {array.layer} --metric {metric}"
-    if row is None:
-        raise ActdbError(f"no {metric} index for {array.model}/{array.layer} yet: run `{hint}`")
+    row, warnings = _checked_index_row(db, array, metric)
     path = db.path / INDEX_DIR / row.file
     if not path.is_file():
-        raise ActdbError(f"the index file {path} is missing: run `{hint}`")
+        raise ActdbError(f"the index file {path} is missing: run `{_index_hint(array, metric)}`")
     index = faiss_index.load_index(path)
     faiss_index.apply_search_params(index, json.loads(row.params) if row.params else {})
-    warnings = []
-    behind = int(array.rows_done) - int(index.ntotal)
-    if behind > 0:
-        warnings.append(f"the index is behind: {behind} rows ingested since it was built are not searched; "
-                        f"run `{hint}`")
     return index, warnings
 
 
@@ -191,8 +200,8 @@ def classes(db, queries: list[str], model: str, layer: str, by: str = "centroid"
     resolved = resolve(db, array, queries)
     query_ids = np.array([-1 if i is None else i for i in resolved.image_ids], np.int64)
     if by == "centroid":
+        _, warnings = _checked_index_row(db, array, metric)  # centroids are refreshed with the index
         ranked = class_ranking.rank_classes(resolved.vectors, by, metric, centroids=_centroids(db, array, metric))
-        _, warnings = _open_index(db, array, metric)
     elif by == "knn":
         index, warnings = _open_index(db, array, metric)
         labels = _labels_by_id(db)
