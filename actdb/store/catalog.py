@@ -115,6 +115,17 @@ class Catalog:
         self.store = Path(store)
         self.path = self.store / CATALOG_FILE
 
+    def stamp(self) -> tuple:
+        """Changes whenever a transaction commits (the file or its write-ahead log is written)."""
+        stats = []
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                info = path.stat()
+                stats.append((info.st_mtime_ns, info.st_size, info.st_ino))
+            except FileNotFoundError:
+                stats.append(None)
+        return tuple(stats)
+
     def exists(self) -> bool:
         return self.path.is_file()
 

@@ -33,9 +33,25 @@ class Database:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.catalog = Catalog(self.path)
+        self._memo: dict = {}
+        self._memo_stamp = None
 
-    def sql(self, query: str, params: list | None = None) -> pd.DataFrame:
-        """Read-only SQL on the catalog; statements that write are refused before they run."""
+    def memoized(self, key, compute):
+        """`compute()` once per catalog state. Opening the catalog costs ~25 ms; a stat of its
+        files tells whether anything was committed since, so repeated queries skip it."""
+        stamp = self.catalog.stamp()
+        if stamp != self._memo_stamp:
+            self._memo, self._memo_stamp = {}, stamp
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def sql(self, query: str, params: list | None = None, memoize: bool = False) -> pd.DataFrame:
+        """Read-only SQL on the catalog; statements that write are refused before they run.
+
+        `memoize`: reuse the answer while the catalog is unchanged (for small, repeated lookups)."""
+        if memoize:
+            return self.memoized(("sql", query, tuple(params or ())), lambda: self.sql(query, params)).copy()
         try:
             statements = duckdb.extract_statements(query)
         except duckdb.Error as exc:
@@ -57,7 +73,7 @@ class Database:
         return self.sql(f"SELECT * FROM images {where} ORDER BY id", params)
 
     def arrays(self) -> pd.DataFrame:
-        return self.sql("SELECT * FROM array_list ORDER BY array_id")
+        return self.sql("SELECT * FROM array_list ORDER BY array_id", memoize=True)
 
     def errors(self) -> pd.DataFrame:
         return self.sql("SELECT * FROM errors ORDER BY logged_at")
