@@ -24,6 +24,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/classes.py
+	$(BIN)/python bench/listing.py
 
 clean:
 	rm -rf $(VENV) demo-store
