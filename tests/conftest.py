@@ -68,3 +68,14 @@ def run_cli():
         return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """On a shared 2-core machine, spinning OpenMP threads make small FAISS calls 10x slower."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)

@@ -1,5 +1,4 @@
 """Nearest classes, checked against NumPy over scipy distances."""
-import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,13 +13,7 @@ DIM = 32
 MISSING = [3, 777]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """On a shared 2-core machine, spinning OpenMP threads make small FAISS calls 10x slower."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ MISSING = [5, 123, 2500]
 GIB = 2**30
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """On a shared 2-core machine, spinning OpenMP threads make small FAISS calls 10x slower."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def clustered_rows(seed=0, n_rows=N_ROWS, n_clusters=40):
