@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ tf = import_tensorflow()
 import keras  # noqa: E402
 
 from actdb.ingest import pipeline  # noqa: E402
+from actdb.ingest import run as run_module  # noqa: E402
 from actdb.ingest.run import IngestOptions, ingest, load_model  # noqa: E402
 from actdb.ingest.sources import list_images  # noqa: E402
 from actdb.models import preprocess as preprocessing  # noqa: E402
@@ -78,26 +80,109 @@ WEIGHT_SEED = 0
 SIZE = 224
 
 
+def cpu_description() -> str:
+    """CPU model and whether it has the bfloat16 instructions mixed_bfloat16 can use."""
+    model, flags = "unknown CPU", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    bf16 = [flag for flag in ("avx512_bf16", "amx_bf16", "amx_tile") if flag in flags]
+    return f"{model}, {CPUS} CPUs, bfloat16 instructions: {', '.join(bf16) or 'none'}"
+
+
 def other(precision: str) -> str:
     return "bfloat16" if precision == "float32" else "float32"
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPUS = os.cpu_count() or 1
+
+
+def snapshot() -> tuple[float, float, float]:
+    """(wall s, this process's CPU s over all its threads, busy CPU s of the whole machine incl. steal)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS  # all but idle and iowait
+    times = os.times()
+    return time.perf_counter(), times.user + times.system, busy
+
+
 @dataclass
-class Best:
-    """Best (highest) images/s over rounds, with every round kept for the printout."""
+class Sample:
+    """One timed run: images, wall seconds, own CPU seconds, CPU seconds other processes used meanwhile."""
 
-    values: list = field(default_factory=list)
+    images: int
+    wall: float
+    cpu: float
+    others: float
+    window: float | None = None  # seconds the CPU figures cover, when not `wall`
 
-    def add(self, value: float) -> None:
-        self.values.append(value)
+    @classmethod
+    def between(cls, images: int, start, stop) -> "Sample":
+        wall, cpu, busy = (b - a for a, b in zip(start, stop))
+        return cls(images, wall, cpu, max(0.0, busy - cpu))
 
     @property
-    def best(self) -> float:
-        return max(self.values)
+    def ips(self) -> float:
+        return self.images / self.wall
+
+    @property
+    def cpu_per_image(self) -> float:
+        return self.cpu / self.images
+
+    @property
+    def other_cores(self) -> float:
+        return self.others / (self.window or self.wall)
+
+    @property
+    def utilisation(self) -> float:
+        """Share of the CPU time other processes left free that this run used (1: no idle stalls)."""
+        return self.cpu / max(1e-9, (self.window or self.wall) * CPUS - self.others)
+
+
+class Meter:
+    def __enter__(self):
+        self.start = snapshot()
+        self.sample = None
+        return self
+
+    def stop(self, images: int) -> Sample:
+        self.sample = Sample.between(images, self.start, snapshot())
+        return self.sample
+
+    def __exit__(self, *exc):
+        return False
+
+
+@dataclass
+class Best:
+    """Every round of one measurement; the best wall rate and the least CPU per image are kept."""
+
+    samples: list = field(default_factory=list)
+
+    def add(self, sample: Sample) -> Sample:
+        self.samples.append(sample)
+        return sample
+
+    @property
+    def ips(self) -> float:
+        return max(s.ips for s in self.samples)
+
+    @property
+    def cpu_per_image(self) -> float:
+        return min(s.cpu_per_image for s in self.samples)
 
     def __str__(self) -> str:
-        rounds = ", ".join(f"{v:.2f}" for v in self.values)
-        return f"{self.best:8.2f} img/s (rounds: {rounds})"
+        rounds = ", ".join(f"{s.ips:.2f}" for s in self.samples)
+        load = ", ".join(f"{s.other_cores:.1f}" for s in self.samples)
+        util = ", ".join(f"{s.utilisation:.2f}" for s in self.samples)
+        return (f"{self.ips:8.2f} img/s (rounds {rounds}); CPU {self.cpu_per_image * 1000:7.1f} ms/img; "
+                f"other processes {load} cores; used {util} of the CPU they left")
 
 
 # ---------------------------------------------------------------- images
@@ -137,11 +222,11 @@ def mean_forward(cut, preprocess):
     return forward
 
 
-def bare_forward(forward, batch: tf.Tensor, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        forward(batch).numpy()
-    return calls * int(batch.shape[0]) / (time.perf_counter() - start)
+def bare_forward(forward, batch: tf.Tensor, calls: int) -> Sample:
+    with Meter() as meter:
+        for _ in range(calls):
+            forward(batch).numpy()
+        return meter.stop(calls * int(batch.shape[0]))
 
 
 def hand_dataset(paths: list[str], batch_size: int) -> tf.data.Dataset:
@@ -160,31 +245,31 @@ def hand_dataset(paths: list[str], batch_size: int) -> tf.data.Dataset:
             .prefetch(tf.data.AUTOTUNE))
 
 
-def hand_pipeline(cut, preprocess, paths: list[str], batch_size: int) -> tuple[float, float, float]:
-    """(images/s of the loop, first-batch extra seconds (tracing), iterator teardown seconds).
+def hand_pipeline(cut, preprocess, paths: list[str], batch_size: int) -> tuple[Sample, float, float]:
+    """(the loop's sample, first-batch extra seconds (tracing), iterator teardown seconds).
 
     A fresh tf.function each time, as ingest builds a fresh Extractor: both pay one trace.
-    The rate excludes teardown (reported apart): the stronger baseline.
+    The sample stops when the last result is in memory; teardown is reported apart.
     """
     forward = mean_forward(cut, preprocess)
     results, batch_seconds = [], []
-    start = time.perf_counter()
-    iterator = iter(hand_dataset(paths, batch_size))
-    last = start
-    for pixels in iterator:
-        results.append(forward(pixels).numpy())
-        now = time.perf_counter()
-        batch_seconds.append(now - last)
-        last = now
-    loop = time.perf_counter() - start
+    with Meter() as meter:
+        iterator = iter(hand_dataset(paths, batch_size))
+        last = time.perf_counter()
+        for pixels in iterator:
+            results.append(forward(pixels).numpy())
+            now = time.perf_counter()
+            batch_seconds.append(now - last)
+            last = now
+        sample = meter.stop(len(paths))
     del iterator
     teardown = time.perf_counter() - last
     assert sum(len(r) for r in results) == len(paths)
     steady = float(np.median(batch_seconds[1:])) if len(batch_seconds) > 1 else batch_seconds[0]
-    return len(paths) / loop, batch_seconds[0] - steady, teardown
+    return sample, batch_seconds[0] - steady, teardown
 
 
-def seeds_loop(cut, name: str, paths: list[str]) -> float:
+def seeds_loop(cut, name: str, paths: list[str]) -> Sample:
     """The seeds' code, one image at a time (the first call, untimed, builds predict's function)."""
     preprocess_input = SEED_PREPROCESS[name]
 
@@ -194,48 +279,88 @@ def seeds_loop(cut, name: str, paths: list[str]) -> float:
         return np.mean(cut.predict(x[None], verbose=0), axis=(1, 2))
 
     one(paths[0])
-    start = time.perf_counter()
-    rows = [one(p) for p in paths]
+    with Meter() as meter:
+        rows = [one(p) for p in paths]
+        sample = meter.stop(len(paths))
     assert len(rows) == len(paths)
-    return len(paths) / (time.perf_counter() - start)
+    return sample
 
 
-def decode_only(paths: list[str], batch_size: int) -> float:
-    """images/s of actdb's own tf.data pipeline (read, decode, resize, batch) with no model."""
+def decode_only(paths: list[str], batch_size: int) -> Sample:
+    """actdb's own tf.data pipeline (read, decode, resize, batch) with no model."""
     ids = np.arange(len(paths), dtype=np.int64)
-    start = time.perf_counter()
-    n = sum(int(b["id"].shape[0]) for b in pipeline.image_dataset(ids, paths, SIZE, "center-crop", batch_size))
+    with Meter() as meter:
+        n = sum(int(b["id"].shape[0]) for b in pipeline.image_dataset(ids, paths, SIZE, "center-crop", batch_size))
+        sample = meter.stop(n)
     assert n == len(paths)
-    return n / (time.perf_counter() - start)
+    return sample
 
 
 # ---------------------------------------------------------------- actdb
 
 
+@contextmanager
+def ingest_loop_meter():
+    """Snapshots around ingest's timed loop, without touching the library: `_run` calls
+    pipeline.image_dataset just before its clock starts and writer.finish_run right after it stops."""
+    marks = {}
+    make_dataset, finish_run = run_module.pipeline.image_dataset, run_module.writer.finish_run
+
+    def dataset_hook(*args, **kwargs):
+        marks["start"] = snapshot()
+        return make_dataset(*args, **kwargs)
+
+    def finish_hook(*args, **kwargs):
+        marks.setdefault("stop", snapshot())
+        return finish_run(*args, **kwargs)
+
+    run_module.pipeline.image_dataset, run_module.writer.finish_run = dataset_hook, finish_hook
+    try:
+        yield marks
+    finally:
+        run_module.pipeline.image_dataset, run_module.writer.finish_run = make_dataset, finish_run
+
+
 def ingest_once(root: Path, source: Path, n: int, name: str, layer: str, precision: str, batch_size: int,
-                weights: str, predictions: bool = False) -> tuple[float, Path]:
+                weights: str, predictions: bool = False) -> tuple[Sample, Path]:
+    """One library ingest into a fresh store. The sample's wall time is the summary's
+    (n / images_per_s); its CPU figures come from the same loop window."""
     store = Path(tempfile.mkdtemp(prefix="store_", dir=root))
     options = IngestOptions(model=name, weights=weights, layers=layer, limit=n, batch_size=batch_size,
                             precision=precision, predictions=predictions)
-    summary = ingest(store, source, options, progress=False)
+    with ingest_loop_meter() as marks:
+        summary = ingest(store, source, options, progress=False)
     assert summary.ingested == n and summary.failed == 0, summary
-    return summary.images_per_s, store
+    sample = Sample.between(n, marks["start"], marks["stop"])
+    sample.window, sample.wall = sample.wall, n / summary.images_per_s
+    return sample, store
+
+
+LAUNCHER = """import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def peak_rss_mb(args: list[str], workdir: Path) -> tuple[float, float, dict | None]:
-    """(max RSS MB, wall seconds, --json summary) of one fresh child process."""
+    """(max RSS MB, wall seconds, --json summary) of one fresh child process.
+
+    Through a small launcher: a child spawned straight from this (large) process would
+    report this process's peak, since Linux carries the max RSS across vfork + exec.
+    """
     out_path = workdir / f"child_{time.monotonic_ns()}.out"
-    err_path = out_path.with_suffix(".err")
+    err_path, rss_path = out_path.with_suffix(".err"), out_path.with_suffix(".rss")
     start = time.perf_counter()
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen(args, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, unlike RUSAGE_CHILDREN
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = subprocess.call([sys.executable, "-c", LAUNCHER, str(rss_path), *args], stdout=out, stderr=err)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {err_path.read_text()[-2000:]}")
+    if code != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({code}): {err_path.read_text()[-2000:]}")
     text = out_path.read_text().strip()
-    return usage.ru_maxrss / 1024, wall, (json.loads(text) if text else None)
+    return int(rss_path.read_text()) / 1024, wall, (json.loads(text) if text else None)
 
 
 def cli_ingest_args(store: Path, source: Path, n: int, name: str, layer: str, precision: str, batch_size: int):
@@ -282,6 +407,11 @@ def top1(store: Path) -> dict[str, tuple[int, int | None]]:
 # ---------------------------------------------------------------- sections
 
 
+def ratios(ours: Best, base: Best) -> tuple[float, float]:
+    """(wall: ours' best images/s over base's, CPU: base's CPU per image over ours')."""
+    return ours.ips / base.ips, base.cpu_per_image / ours.cpu_per_image
+
+
 def section(name: str, args, root: Path, table: list) -> None:
     layer, default_images, default_memory = MODELS[name]
     n = args.images or default_images
@@ -300,64 +430,70 @@ def section(name: str, args, root: Path, table: list) -> None:
     batch = tf.constant(np.stack([pipeline.pixels_of_file(p, SIZE, "center-crop") for p in (paths * bs)[:bs]]))
     forward = mean_forward(cut, preprocess)
     forward(batch).numpy()  # warm-up: trace and oneDNN primitives
-    bare_calls = max(1, round(n / bs / 4))
+    bare_calls = max(2, round(n / bs / 4))  # a quarter of the images, at least 2 batches
     if args.precision_check:
         _, alt_cut = build_cut(name, layer, alt)
         alt_forward = mean_forward(alt_cut, preprocess)
         alt_forward(batch).numpy()
 
-    bare, hand, ours, alt_ingest, alt_bare = Best(), Best(), Best(), Best(), Best()
+    bare, hand, seeds, ours, alt_ingest, alt_bare = Best(), Best(), Best(), Best(), Best(), Best()
     trace_extra, teardowns = [], []
     stores = {}
-    seeds = None
-    for r in range(args.rounds):
+    for r in range(args.rounds):  # interleaved, so that drift hits every measurement alike
         bare.add(bare_forward(forward, batch, bare_calls))
-        if args.precision_check:
-            alt_bare.add(bare_forward(alt_forward, batch, bare_calls))
-        ips, extra, teardown = hand_pipeline(cut, preprocess, paths, bs)
-        hand.add(ips)
+        sample, stores[precision] = ingest_once(root, source, n, name, layer, precision, bs, weights)
+        ours.add(sample)
+        sample, extra, teardown = hand_pipeline(cut, preprocess, paths, bs)
+        hand.add(sample)
         trace_extra.append(extra)
         teardowns.append(teardown)
-        ips, stores[precision] = ingest_once(root, source, n, name, layer, precision, bs, weights)
-        ours.add(ips)
-        if args.precision_check:
-            ips, stores[alt] = ingest_once(root, source, n, name, layer, alt, bs, weights)
-            alt_ingest.add(ips)
         if r == 0:
-            seeds = seeds_loop(cut, name, seed_paths)
+            seeds.add(seeds_loop(cut, name, seed_paths))
+        if args.precision_check:
+            sample, stores[alt] = ingest_once(root, source, n, name, layer, alt, bs, weights)
+            alt_ingest.add(sample)
+            alt_bare.add(bare_forward(alt_forward, batch, bare_calls))
         print(f"  round {r + 1}/{args.rounds} done", flush=True)
-    decode = decode_only(paths, bs)
+    decode = Best()
+    decode.add(decode_only(paths, bs))
 
-    print(f"bare forward ({bare_calls} x fixed batch)  {bare}")
-    print(f"hand tf.data pipeline           {hand}; first batch +{max(trace_extra):.1f}s (trace), "
-          f"iterator teardown {max(teardowns):.2f}s (not counted)")
-    print(f"seeds' per-image loop           {seeds:8.2f} img/s ({len(seed_paths)} images, 1 round)")
-    print(f"actdb ingest (library call)     {ours}")
-    print(f"  actdb decode+resize alone     {decode:8.2f} img/s (its tf.data pipeline, no model)")
-    cpu_bound = 1 / (1 / bare.best + 1 / decode)
-    print(f"  decode sharing the CPU with the model caps ingest at ~{cpu_bound / bare.best:.3f} of bare "
-          f"({cpu_bound:.2f} img/s)")
-    overhead = n / ours.best - n / bare.best
-    print(f"  ingest time above bare forward: {overhead:.1f}s over {math.ceil(n / bs)} batches")
-    a, b, c = ours.best / bare.best, ours.best / hand.best, ours.best / seeds
-    print(f"(a) ingest / bare forward       {a:6.3f}   target >= 0.9 for vgg19")
-    print(f"(b) ingest / hand tf.data       {b:6.3f}   target >= 1.0")
-    print(f"(c) ingest / seeds' loop        {c:6.2f}   target >= {TARGETS[('c', name)]} (float32)")
-    table += [(name, "(a) ingest / bare forward", a, TARGETS.get(("a", name))),
-              (name, "(b) ingest / hand tf.data", b, TARGETS.get(("b", name))),
-              (name, f"(c) ingest / seeds' loop [{precision}]", c,
-               TARGETS.get(("c", name)) if precision == "float32" else None)]
+    print(f"bare forward ({bare_calls} x fixed batch)   {bare}")
+    print(f"hand tf.data pipeline            {hand}")
+    print(f"  (its first batch {max(trace_extra):+.1f}s over the others: trace; "
+          f"AUTOTUNE iterator teardown {max(teardowns):.2f}s, not counted)")
+    print(f"seeds' per-image loop ({len(seed_paths)} img)  {seeds}")
+    print(f"actdb ingest (library call)      {ours}")
+    print(f"  actdb decode+resize, no model  {decode}")
+    cap = 1 / (1 / bare.ips + 1 / decode.ips)
+    cap_cpu = bare.cpu_per_image / (bare.cpu_per_image + decode.cpu_per_image)
+    print(f"  decode shares the CPU with the model: ingest can reach ~{cap / bare.ips:.3f} of bare (wall), "
+          f"~{cap_cpu:.3f} (CPU)")
+    print(f"  ingest CPU per image above bare forward + decode: "
+          f"{(ours.cpu_per_image - bare.cpu_per_image - decode.cpu_per_image) * 1000:+.1f} ms "
+          f"({math.ceil(n / bs)} batches)")
+    results = {"a": ratios(ours, bare), "b": ratios(ours, hand), "c": ratios(ours, seeds)}
+    labels = {"a": "ingest / bare forward", "b": "ingest / hand tf.data", "c": f"ingest / seeds' loop [{precision}]"}
+    for key, (wall, cpu) in results.items():
+        target = TARGETS.get((key, name)) if key != "c" or precision == "float32" else None
+        shown = f"target >= {target}" if target else "no target"
+        print(f"({key}) {labels[key]:<34} wall {wall:6.3f}   CPU {cpu:6.3f}   {shown}")
+        table.append((name, f"({key}) {labels[key]}", wall, cpu, target))
 
     if args.precision_check:
         f32, b16 = (ours, alt_ingest) if precision == "float32" else (alt_ingest, ours)
         f32_bare, b16_bare = (bare, alt_bare) if precision == "float32" else (alt_bare, bare)
         row_max, elem, row_median = drift(stores["bfloat16"], stores["float32"], name, layer)
-        print(f"(e) bfloat16 / float32 ingest   {b16.best / f32.best:6.2f}   (bfloat16 ingest {b16})")
-        print(f"    bfloat16 / float32 bare     {b16_bare.best / f32_bare.best:6.2f}   (bfloat16 bare {b16_bare})")
-        print(f"    stored vectors, bf16 vs f32: max_row ||a-b||/||b|| = {row_max:.2e} (median {row_median:.2e}), "
-              f"max|a-b|/max|b| = {elem:.2e}")
-        table.append((name, "(e) bfloat16 / float32 ingest speed", b16.best / f32.best, None))
-        table.append((name, "(e) bf16 max row rel. diff", row_max, None))
+        print(f"bfloat16 ingest                  {b16}")
+        print(f"bfloat16 bare forward            {b16_bare}")
+        speed, speed_cpu = ratios(b16, f32)
+        bare_speed, bare_speed_cpu = ratios(b16_bare, f32_bare)
+        print(f"(e) bfloat16 / float32 ingest    wall {speed:6.3f}   CPU {speed_cpu:6.3f}")
+        print(f"    bfloat16 / float32 bare      wall {bare_speed:6.3f}   CPU {bare_speed_cpu:6.3f}")
+        print(f"    stored {layer}, bf16 vs f32: max over rows ||a-b||/||b|| = {row_max:.2e} "
+              f"(median {row_median:.2e}); max|a-b| / max|b| = {elem:.2e}")
+        table.append((name, "(e) bfloat16 / float32 ingest speed", speed, speed_cpu, None))
+        table.append((name, "(e) bfloat16 / float32 bare speed", bare_speed, bare_speed_cpu, None))
+        table.append((name, "(e) bf16 stored: max row ||a-b||/||b||", row_max, None, None))
 
     if args.memory:
         rss = {}
@@ -366,14 +502,15 @@ def section(name: str, args, root: Path, table: list) -> None:
             store = Path(tempfile.mkdtemp(prefix="mem_", dir=root))
             mb, wall, summary = peak_rss_mb(cli_ingest_args(store, src, count, name, layer, precision, bs), root)
             rss[label] = mb
-            print(f"(d) peak RSS, ingest {count:5d} images ({label}): {mb:8.1f} MB "
+            print(f"(d) peak RSS, `python -m actdb ingest` of {count:5d} images ({label}): {mb:8.1f} MB "
                   f"(child wall {wall:.0f}s, {summary['images_per_s']:.1f} img/s)", flush=True)
             shutil.rmtree(store)
         mb, _, _ = peak_rss_mb([sys.executable, "-c", BUILD_ONLY, name, weights, precision, layer], root)
-        print(f"    peak RSS of import + model build + Extractor only: {mb:8.1f} MB")
+        print(f"    peak RSS of import + model build + Extractor, no ingest:    {mb:8.1f} MB")
         ratio = rss["4x"] / rss["1x"]
-        print(f"(d) peak RSS 4x / 1x            {ratio:6.3f}   target <= {MEMORY_GROWTH_LIMIT} (streaming)")
-        table.append((name, f"(d) peak RSS 4x/1x ({n_memory}/{4 * n_memory} img)", ratio, -MEMORY_GROWTH_LIMIT))
+        print(f"(d) peak RSS 4x / 1x             {ratio:6.3f}   target <= {MEMORY_GROWTH_LIMIT} (streaming)")
+        table.append((name, f"(d) peak RSS 4x / 1x ({n_memory} / {4 * n_memory} img)", ratio, None,
+                      -MEMORY_GROWTH_LIMIT))
     for store in stores.values():
         shutil.rmtree(store, ignore_errors=True)
 
@@ -381,47 +518,54 @@ def section(name: str, args, root: Path, table: list) -> None:
 def lite_section(args, root: Path, table: list) -> None:
     name, layer = LITE
     n = args.lite_images
-    print(f"\n=== {name} -> {layer} + predictions: {n} real-photo views, batch {args.batch_size}, "
-          f"ImageNet weights: float32 vs bfloat16 ===", flush=True)
+    print(f"\n=== {name} -> {layer} + --predictions: {n} real-photo views, batch {args.batch_size}, "
+          f"real ImageNet weights: bfloat16 against float32 ===", flush=True)
     try:
         from actdb.models import efficientnet_lite  # noqa: F401
     except ImportError as exc:
-        print(f"NOTE: {name} is not importable yet ({exc}); top-1 agreement is not measured. "
-              "Only the random-weight stored-vector drift above says what bfloat16 does.")
+        print(f"NOTE: {name} is not importable yet ({exc}): top-1 agreement NOT measured; only the "
+              "random-weight drift of the stored vectors above says what bfloat16 does.")
         return
     source = make_views(root, n)
-    speed, stores = {}, {}
-    for precision in ("float32", "bfloat16"):
-        speed[precision], stores[precision] = ingest_once(root, source, n, name, layer, precision,
-                                                          args.batch_size, "imagenet", predictions=True)
+    speed, stores = {"float32": Best(), "bfloat16": Best()}, {}
+    for _ in range(args.rounds):
+        for precision in ("float32", "bfloat16"):
+            shutil.rmtree(stores.get(precision, root / "none"), ignore_errors=True)
+            sample, stores[precision] = ingest_once(root, source, n, name, layer, precision, args.batch_size,
+                                                    "imagenet", predictions=True)
+            speed[precision].add(sample)
     f32, b16 = top1(stores["float32"]), top1(stores["bfloat16"])
-    agree = np.mean([f32[p][0] == b16[p][0] for p in f32])
-    acc = {k: np.mean([pred == label for pred, label in v.values()]) for k, v in (("float32", f32), ("bfloat16", b16))}
+    agree = float(np.mean([f32[p][0] == b16[p][0] for p in f32]))
+    accuracy = {k: np.mean([pred == label for pred, label in v.values()]) for k, v in (("float32", f32),
+                                                                                     ("bfloat16", b16))}
     row_max, elem, row_median = drift(stores["bfloat16"], stores["float32"], name, layer)
-    print(f"top-1 agreement bfloat16 vs float32: {agree:.4f} ({len(f32)} images); "
-          f"top-1 = photo's label: float32 {acc['float32']:.3f}, bfloat16 {acc['bfloat16']:.3f}")
-    print(f"stored {layer}, bf16 vs f32: max_row ||a-b||/||b|| = {row_max:.2e} (median {row_median:.2e}), "
-          f"max|a-b|/max|b| = {elem:.2e}")
-    print(f"bfloat16 / float32 ingest speed {speed['bfloat16'] / speed['float32']:6.2f} "
-          f"(1 round each: {speed['bfloat16']:.1f} vs {speed['float32']:.1f} img/s)")
-    table.append((name, "(e) bf16 top-1 agreement", agree, None))
-    table.append((name, "(e) bf16 max row rel. diff", row_max, None))
-    table.append((name, "(e) bfloat16 / float32 ingest speed", speed["bfloat16"] / speed["float32"], None))
+    wall, cpu = ratios(speed["bfloat16"], speed["float32"])
+    print(f"top-1 agreement bfloat16 vs float32: {agree:.4f} of {len(f32)} images "
+          f"(top-1 = the photo's label: float32 {accuracy['float32']:.3f}, bfloat16 {accuracy['bfloat16']:.3f})")
+    print(f"stored {layer}, bf16 vs f32: max over rows ||a-b||/||b|| = {row_max:.2e} (median {row_median:.2e}); "
+          f"max|a-b| / max|b| = {elem:.2e}")
+    print(f"float32 ingest                   {speed['float32']}")
+    print(f"bfloat16 ingest                  {speed['bfloat16']}")
+    print(f"bfloat16 / float32 ingest speed  wall {wall:6.3f}   CPU {cpu:6.3f}")
+    table.append((name, "(e) bf16 top-1 agreement", agree, None, None))
+    table.append((name, "(e) bf16 stored: max row ||a-b||/||b||", row_max, None, None))
+    table.append((name, "(e) bfloat16 / float32 ingest speed", wall, cpu, None))
     for store in stores.values():
         shutil.rmtree(store, ignore_errors=True)
 
 
 def print_table(table: list) -> None:
-    print("\n=== summary (ratios measured within this run) ===")
-    print(f"{'model':<19}{'metric':<44}{'value':>9}  target")
-    for model, metric, value, target in table:
+    print("\n=== summary: ratios measured within this run (wall: best images/s; CPU: least CPU s per image) ===")
+    print(f"{'model':<19}{'metric':<44}{'wall':>8}{'CPU':>8}  target (on wall)")
+    for model, metric, value, cpu, target in table:
         if target is None:
             verdict = ""
         elif target < 0:  # an upper bound
             verdict = f"<= {-target:<5} {'ok' if value <= -target else 'MISSED'}"
         else:
             verdict = f">= {target:<5} {'ok' if value >= target else 'MISSED'}"
-        print(f"{model:<19}{metric:<44}{value:9.3f}  {verdict}")
+        cpu_text = f"{cpu:8.3f}" if cpu is not None else " " * 8
+        print(f"{model:<19}{metric:<44}{value:8.3f}{cpu_text}  {verdict}")
 
 
 def main() -> None:
@@ -439,8 +583,11 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs; "
-          f"{len(available_photos())} real photos -> JPEG views (256 px shorter side)")
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}; {cpu_description()}; load average "
+          f"{os.getloadavg()[0]:.1f} at start; {len(available_photos())} real photos -> JPEG views "
+          f"(256 px shorter side)")
+    print("wall: images/s (the figure the targets are on); CPU: CPU seconds per image of this process, "
+          "blind to idle stalls but not to other processes' load, which drifts on a shared machine")
     table: list = []
     with tempfile.TemporaryDirectory(prefix="actdb_bench_") as tmp:
         root = Path(tmp)

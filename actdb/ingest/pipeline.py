@@ -155,6 +155,10 @@ class Extractor:
             results["top_index"], results["top_prob"] = top.indices, top.values
         return results
 
+    def warm_up(self) -> None:
+        """Trace and compile the forward pass once (1-2 s), off the timed, critical path."""
+        self(np.zeros((1, self.input_size, self.input_size, 3), np.float32))
+
     def _mirrored_forward(self, per_replica_pixels):
         results = self.strategy.run(self._replica_forward, args=(per_replica_pixels,))
         return {k: self.strategy.gather(v, axis=0) for k, v in results.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -114,6 +115,9 @@ def ingest(store: str | Path, source: str | Path, options: IngestOptions, progre
     batch_size = -(-batch_size // replicas) * replicas
     extractor = pipeline.Extractor(loaded, layers, options.reduce, batch_size, options.predictions, strategy)
 
+    warm_up = threading.Thread(target=extractor.warm_up, name="actdb-trace", daemon=True)
+    warm_up.start()  # tracing overlaps the weights digest and the catalog registration below
+
     store.mkdir(parents=True, exist_ok=True)
     with writer_lock(store, "actdb ingest"):
         catalog = Catalog(store)
@@ -128,6 +132,7 @@ def ingest(store: str | Path, source: str | Path, options: IngestOptions, progre
         except BaseException:
             writer.finish_run(catalog, run_id, "failed", 0, 0, 0.0)
             raise
+        warm_up.join()
         return _run(catalog, run_id, ids, records, targets, extractor, model_id, options, progress)
 
 
