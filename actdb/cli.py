@@ -263,6 +263,8 @@ def index(ctx, model, layer, reduce, metric, kind, recall_target, as_json):
         f"{report['n_eval_queries']} held-out queries with {report['search_params']}"
     click.echo(f"index {report['action']}: {report['kind']} ({report['factory']}), {metric}, {report['n_rows']} rows, "
                f"{recall}; built in {report['build_seconds']:.2f} s")
+    if report.get("note"):
+        click.echo(f"note: {report['note']}", err=True)
     if report["kind"] != "flat" and not report.get("target_reached", True):
         click.echo(f"warning: recall target {recall_target} not reached", err=True)
 

@@ -520,12 +520,6 @@ def lite_section(args, root: Path, table: list) -> None:
     n = args.lite_images
     print(f"\n=== {name} -> {layer} + --predictions: {n} real-photo views, batch {args.batch_size}, "
           f"real ImageNet weights: bfloat16 against float32 ===", flush=True)
-    try:
-        from actdb.models import efficientnet_lite  # noqa: F401
-    except ImportError as exc:
-        print(f"NOTE: {name} is not importable yet ({exc}): top-1 agreement NOT measured; only the "
-              "random-weight drift of the stored vectors above says what bfloat16 does.")
-        return
     source = make_views(root, n)
     speed, stores = {"float32": Best(), "bfloat16": Best()}, {}
     for _ in range(args.rounds):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -79,3 +80,6 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(threads)
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench_support: synthetic stores

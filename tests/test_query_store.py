@@ -169,3 +169,20 @@ def test_stale_index_warns_and_index_adds_only_new_rows(tmp_path, tiny_model_pat
     assert fresh[0]["id"] == 9
     centroids = actdb.open(tmp_path / "s").sql("SELECT sum(members) AS n FROM class_centroids")
     assert centroids.n[0] == 10
+
+
+def test_an_approximate_index_reports_recall_that_brute_force_confirms(tmp_path):
+    """ivf through the store: the recall it records is what a brute-force check finds."""
+    from bench_support import synthetic_store
+
+    store = synthetic_store(tmp_path, n_classes=30, per_class=60, dim=32)
+    db = actdb.open(store)
+    report = db.build_index("synthetic", "layer", kind="ivf", recall_target=0.9)
+    assert report["kind"] == "ivf" and report["n_rows"] == 1800 and report["recall_at_10"] >= 0.9
+    assert db.sql("SELECT kind, recall_at_10 FROM indexes").iloc[0].tolist() == ["ivf", report["recall_at_10"]]
+    ids, vectors = db.activations("synthetic", "layer", return_ids=True)
+    queries = ids[::45]
+    found = db.neighbors([f"id:{i}" for i in queries], "synthetic", "layer", k=11)
+    truth = np.argsort(cdist(vectors[queries], vectors), axis=1)[:, :11]
+    hits = [len(set(found[found["query"] == f"id:{q}"].id) & set(ids[t])) / 11 for q, t in zip(queries, truth)]
+    assert np.mean(hits) >= report["recall_at_10"] - 0.1

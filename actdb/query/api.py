@@ -54,8 +54,11 @@ def build(db, model: str, layer: str, reduce: str = "mean", metric: str = "l2", 
 def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
     dim = int(array.channels)
     chosen = faiss_index.choose_kind(len(ids), dim, memory_budget_bytes()) if kind == "auto" else kind
+    note = None
     if chosen != "flat" and len(ids) < faiss_index.MIN_APPROXIMATE_ROWS:
-        chosen = "flat"  # too few rows to train: exact search is both better and instant
+        note = (f"{chosen} needs at least {faiss_index.MIN_APPROXIMATE_ROWS} rows to train; built flat "
+                f"(exact, instant at {len(ids)} rows) instead")
+        chosen = "flat"
     index, built = faiss_index.build_index(
         arrays.iter_blocks(zarr_array, ids), dim, metric, chosen, valid_ids=ids,
         read_rows=lambda wanted: arrays.read_rows(zarr_array, wanted), recall_target=recall_target,
@@ -63,7 +66,7 @@ def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
     path = _index_file(db, array, metric)
     faiss_index.save_index(index, path)
     report = asdict(built)
-    report.update(file=path.name, action="built", requested_kind=kind)
+    report.update(file=path.name, action="built", requested_kind=kind, note=note)
     return report
 
 
