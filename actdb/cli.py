@@ -244,9 +244,10 @@ def _print_frame(frame, as_json: bool, float_format: str = "{:.4f}") -> None:
               help="auto: exact (flat) while it fits memory and a 50 ms scan, else IVF tuned to --recall.")
 @click.option("--recall", "recall_target", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="recall@10 an approximate index must reach (measured against exact search).")
+@click.option("--rebuild", is_flag=True, help="Build anew instead of adding new rows (retrains IVF lists).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def index(ctx, model, layer, reduce, metric, kind, recall_target, as_json):
+def index(ctx, model, layer, reduce, metric, kind, recall_target, rebuild, as_json):
     """Build (or bring up to date) the FAISS index and class centroids of a stored array.
 
     \b
@@ -255,7 +256,7 @@ def index(ctx, model, layer, reduce, metric, kind, recall_target, as_json):
     """
     from .store.db import open as open_db
 
-    report = open_db(_store(ctx)).build_index(model, layer, reduce, metric, kind, recall_target)
+    report = open_db(_store(ctx)).build_index(model, layer, reduce, metric, kind, recall_target, rebuild=rebuild)
     if as_json:
         _print_json(report)
         return

@@ -169,6 +169,8 @@ def test_stale_index_warns_and_index_adds_only_new_rows(tmp_path, tiny_model_pat
     assert fresh[0]["id"] == 9
     centroids = actdb.open(tmp_path / "s").sql("SELECT sum(members) AS n FROM class_centroids")
     assert centroids.n[0] == 10
+    rebuilt = json.loads(run_cli("--store", tmp_path / "s", "index", "--rebuild", "--json").output)
+    assert rebuilt["action"] == "built" and rebuilt["n_rows"] == 10
 
 
 def test_an_approximate_index_reports_recall_that_brute_force_confirms(tmp_path):

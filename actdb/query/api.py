@@ -31,8 +31,12 @@ def memory_budget_bytes() -> int:
 
 
 def build(db, model: str, layer: str, reduce: str = "mean", metric: str = "l2", kind: str = "auto",
-          recall_target: float = faiss_index.DEFAULT_RECALL_TARGET, weights: str | None = None) -> dict:
-    """Build or bring up to date the index and class centroids of one array."""
+          recall_target: float = faiss_index.DEFAULT_RECALL_TARGET, weights: str | None = None,
+          rebuild: bool = False) -> dict:
+    """Build or bring up to date the index and class centroids of one array.
+
+    An existing index of the same kind only gets the new rows added; `rebuild` retrains
+    (IVF lists trained on the old rows drift as a store grows)."""
     check_metric(metric)
     if kind != "auto":
         faiss_index._checked_kind(kind)
@@ -43,7 +47,7 @@ def build(db, model: str, layer: str, reduce: str = "mean", metric: str = "l2", 
             raise ActdbError(f"{model}/{layer} has no stored rows yet: ingest images first")
         zarr_array = arrays.open_array(db.path, array.zarr_path)
         existing = _index_row(db, array, metric)
-        report = _refresh(db, existing, ids, zarr_array, metric, kind) if existing is not None else None
+        report = _refresh(db, existing, ids, zarr_array, metric, kind) if existing is not None and not rebuild else None
         if report is None:
             report = _build_new(db, array, ids, zarr_array, metric, kind, recall_target)
         centroids = class_ranking.class_centroids(_labelled_blocks(db, zarr_array, ids), metric)

@@ -125,11 +125,11 @@ class Database:
 
     def build_index(self, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                     metric: str = "l2", kind: str = "auto", recall_target: float = 0.95,
-                    weights: str | None = None) -> dict:
+                    weights: str | None = None, rebuild: bool = False) -> dict:
         """Build or update the FAISS index and class centroids of an array; returns the build report."""
         from ..query import api
 
-        return api.build(self, model, layer, reduce, metric, kind, recall_target, weights)
+        return api.build(self, model, layer, reduce, metric, kind, recall_target, weights, rebuild)
 
     def neighbors(self, queries, model: str | None = None, layer: str | None = None, k: int = 10,
                   where: str | None = None, reduce: str = "mean", metric: str = "l2",
