@@ -124,6 +124,10 @@ def _index_row(db, array, metric: str) -> pd.Series | None:
 
 
 def _labels_by_id(db) -> np.ndarray:
+    return db.memoized("labels_by_id", lambda: _read_labels_by_id(db))
+
+
+def _read_labels_by_id(db) -> np.ndarray:
     images = db.sql("SELECT id, label FROM images ORDER BY id")
     labels = np.full(int(images.id.max()) + 1 if len(images) else 0, None, dtype=object)
     labels[images.id.to_numpy()] = images.label.to_numpy(dtype=object)
@@ -190,7 +194,8 @@ def neighbors(db, queries: list[str], model: str, layer: str, k: int = 10, where
         for rank, (image_id, distance) in enumerate(zip(ids[q], distances[q]))
     ]
     frame = pd.DataFrame(rows, columns=["query", "rank", "id", "distance"])
-    images = db.sql("SELECT id, label, path FROM images")
+    found = sorted(set(frame.id.tolist()))  # only these rows: the images table may hold millions
+    images = db.sql("SELECT id, label, path FROM images WHERE id IN (SELECT unnest(?::BIGINT[]))", [found])
     frame = frame.merge(images, on="id", how="left")
     frame.attrs["warnings"] = warnings
     return frame
