@@ -64,9 +64,15 @@ def _needs_tensorflow(command):
 
 
 def _store(ctx) -> str:
-    from .store.db import store_path
+    from .database import store_path
 
     return str(store_path(ctx.obj["store"]))
+
+
+def _db(ctx):
+    from .database import open as open_db
+
+    return open_db(_store(ctx))
 
 
 @cli.command()
@@ -124,9 +130,7 @@ def info(ctx, as_json):
     """What the store holds: images, classes, models, arrays, errors, size on disk."""
     import pandas as pd
 
-    from .store.db import open as open_db
-
-    summary = open_db(_store(ctx)).info()
+    summary = _db(ctx).info()
     if as_json:
         _print_json(summary)
         return
@@ -149,9 +153,7 @@ def sql(ctx, query, as_json, as_csv):
     \b
     actdb sql "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY n DESC"
     """
-    from .store.db import open as open_db
-
-    frame = open_db(_store(ctx)).sql(query)
+    frame = _db(ctx).sql(query)
     if as_json:
         click.echo(frame.to_json(orient="records", date_format="iso"))
     elif as_csv:
@@ -254,9 +256,7 @@ def index(ctx, model, layer, reduce, metric, kind, recall_target, rebuild, as_js
     actdb index --model vgg19 --layer block5_conv4
     actdb index --model vgg19 --layer block5_conv4 --metric correlation --kind ivf
     """
-    from .store.db import open as open_db
-
-    report = open_db(_store(ctx)).build_index(model, layer, reduce, metric, kind, recall_target, rebuild=rebuild)
+    report = _db(ctx).build_index(model, layer, reduce, metric, kind, recall_target, rebuild=rebuild)
     if as_json:
         _print_json(report)
         return
@@ -277,7 +277,6 @@ def index(ctx, model, layer, reduce, metric, kind, recall_target, rebuild, as_js
 @click.option("--where", help="SQL condition on images columns, e.g. \"label IN ('sea_cucumber','groenendael')\".")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_needs_tensorflow
 def neighbors(ctx, queries, model, layer, reduce, metric, k, where, as_json):
     """The k nearest stored images of each QUERY (image file, id:N, optimized:NAME or .npy vector).
 
@@ -285,9 +284,7 @@ def neighbors(ctx, queries, model, layer, reduce, metric, k, where, as_json):
     actdb neighbors photo.jpg --model vgg19 --layer block5_conv4 -k 5
     actdb neighbors id:42 --where "label = 'sea_cucumber'"
     """
-    from .store.db import open as open_db
-
-    frame = open_db(_store(ctx)).neighbors(list(queries), model, layer, k, where, reduce, metric)
+    frame = _db(ctx).neighbors(list(queries), model, layer, k, where, reduce, metric)
     _print_frame(frame, as_json)
 
 
@@ -302,7 +299,6 @@ def neighbors(ctx, queries, model, layer, reduce, metric, k, where, as_json):
 @click.option("--class", "class_name", help="Also show this class's rank and statistics.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-@_needs_tensorflow
 def rank_classes(ctx, queries, model, layer, reduce, metric, by, k, top, class_name, as_json):
     """Rank the stored classes for each QUERY: "which class is this image closest to?"
 
@@ -310,9 +306,7 @@ def rank_classes(ctx, queries, model, layer, reduce, metric, by, k, top, class_n
     actdb classes optimized.png --model vgg19 --layer block5_conv4 --class sea_cucumber
     actdb classes id:7 --by median --top 5
     """
-    from .store.db import open as open_db
-
-    frame = open_db(_store(ctx)).classes(list(queries), model, layer, by, k, top, class_name, reduce, metric)
+    frame = _db(ctx).classes(list(queries), model, layer, by, k, top, class_name, reduce, metric)
     _print_frame(frame, as_json)
 
 

@@ -21,25 +21,12 @@ class Prediction:
     probability: float
 
 
-def classify(loaded, pixels: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, probabilities) of the top classes for a batch of [0, 255] RGB pixels."""
-    import tensorflow as tf
-
-    from .models import preprocess as preprocessing
-
-    if not loaded.has_classifier:
-        raise ActdbError(f"{loaded.name} has no 'predictions' layer to classify with")
-    preprocess = preprocessing.get(loaded.preprocess)
-    probs = loaded.keras_model(preprocess(tf.constant(pixels, tf.float32)), training=False)
-    found = tf.math.top_k(tf.cast(probs, tf.float32), top)
-    return found.indices.numpy(), found.values.numpy()
-
-
 def predict(queries: list[str], model_names: list[str], top: int = 5, resize: str = "center-crop",
             weights: str = "imagenet") -> tuple[list[Prediction], dict[str, str]]:
     """Predictions for every (query, model), and a one-line reason per model that could not answer."""
-    from .ingest.pipeline import pixels_of_file
-    from .ingest.run import load_model
+    from .images import pixels_of_file
+    from .models import load_model
+    from .models.forward import classify
 
     if not 1 <= top <= 1000:
         raise ActdbError("--top must be between 1 and 1000")

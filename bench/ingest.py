@@ -51,13 +51,15 @@ tf = import_tensorflow()
 
 import keras  # noqa: E402
 
+from actdb import images  # noqa: E402
+from actdb.database import open as open_store  # noqa: E402
 from actdb.ingest import pipeline  # noqa: E402
 from actdb.ingest import run as run_module  # noqa: E402
-from actdb.ingest.run import IngestOptions, ingest, load_model  # noqa: E402
+from actdb.ingest.run import IngestOptions, ingest  # noqa: E402
 from actdb.ingest.sources import list_images  # noqa: E402
+from actdb.models import load_model  # noqa: E402
 from actdb.models import preprocess as preprocessing  # noqa: E402
 from actdb.photos import available_photos, write_augmented_views  # noqa: E402
-from actdb.store.db import open as open_store  # noqa: E402
 
 # model -> (layer, default images, default images of the memory check (1x; 4x is also run))
 MODELS = {
@@ -373,10 +375,9 @@ BUILD_ONLY = """
 import sys
 from actdb.tfquiet import import_tensorflow
 import_tensorflow()
-from actdb.ingest import pipeline
-from actdb.ingest.run import load_model
+from actdb.models import forward, load_model
 loaded = load_model(sys.argv[1], sys.argv[2], sys.argv[3])
-pipeline.Extractor(loaded, [sys.argv[4]], "mean", 32)
+forward.Extractor(loaded, [sys.argv[4]], "mean", 32)
 """
 
 
@@ -427,7 +428,7 @@ def section(name: str, args, root: Path, table: list) -> None:
 
     loaded, cut = build_cut(name, layer, precision)
     preprocess = preprocessing.get(loaded.preprocess)
-    batch = tf.constant(np.stack([pipeline.pixels_of_file(p, SIZE, "center-crop") for p in (paths * bs)[:bs]]))
+    batch = tf.constant(np.stack([images.pixels_of_file(p, SIZE, "center-crop") for p in (paths * bs)[:bs]]))
     forward = mean_forward(cut, preprocess)
     forward(batch).numpy()  # warm-up: trace and oneDNN primitives
     bare_calls = max(2, round(n / bs / 4))  # a quarter of the images, at least 2 batches

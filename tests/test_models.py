@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actdb.ingest.run import load_model, weights_digest
+from actdb.models import load_model, weights_digest
 from actdb.models import preprocess
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actdb.ingest import pipeline
+from actdb import images
+from actdb.models import forward
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
@@ -34,14 +35,14 @@ def test_lossless_formats_decode_to_the_same_rgb_as_pil(photo, mode, fmt):
         photo.convert(mode).save(data, format="WEBP", lossless=True)
         data = data.getvalue()
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    np.testing.assert_array_equal(pipeline.decode(data).numpy(), expected)
+    np.testing.assert_array_equal(images.decode(data).numpy(), expected)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "CMYK", "L"])
 def test_jpeg_decodes_close_to_pil(photo, mode):
     data = encode(photo.convert(mode), "JPEG")
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
-    decoded = pipeline.decode(data).numpy().astype(int)
+    decoded = images.decode(data).numpy().astype(int)
     assert decoded.shape == expected.shape and np.abs(decoded - expected).mean() < 1.5
 
 
@@ -49,7 +50,7 @@ def test_center_crop_keeps_the_centre_of_the_shorter_side():
     """A wide image with a bright centre band: the crop must be all band."""
     image = np.zeros((40, 100, 3), np.uint8)
     image[:, 30:70] = 255
-    out = pipeline.resize(image, 20, "center-crop").numpy()
+    out = images.resize(image, 20, "center-crop").numpy()
     assert out.shape == (20, 20, 3)
     assert out[:, 1:-1].min() > 250  # 40 columns of band scale to 20: the whole crop
 
@@ -58,7 +59,7 @@ def test_center_crop_matches_pil_resize_and_crop():
     rng = np.random.default_rng(1)
     smooth = np.kron(rng.random((12, 16, 3)), np.ones((8, 8, 1)))  # 96 x 128, smooth enough for bilinear
     image = (smooth * 255).astype(np.uint8)
-    ours = pipeline.resize(image, 48, "center-crop").numpy()
+    ours = images.resize(image, 48, "center-crop").numpy()
     reference = Image.fromarray(image).resize((64, 48), Image.BILINEAR)  # shorter side 96 -> 48
     reference = np.asarray(reference, np.float32)[:, 8:56]
     assert np.abs(ours - reference).mean() < 3.0
@@ -67,7 +68,7 @@ def test_center_crop_matches_pil_resize_and_crop():
 def test_squash_ignores_aspect_ratio():
     image = np.zeros((40, 100, 3), np.uint8)
     image[:, :50] = 255
-    out = pipeline.resize(image, 20, "squash").numpy()
+    out = images.resize(image, 20, "squash").numpy()
     assert out.shape == (20, 20, 3)
     assert out[:, :9].min() > 250 and out[:, 11:].max() < 5
 
@@ -76,7 +77,7 @@ def test_an_image_gives_the_same_row_whatever_shares_its_batch(tiny_model_path):
     from actdb.models import load
 
     loaded = load(str(tiny_model_path), preprocess="tf")
-    extractor = pipeline.Extractor(loaded, ["conv2"], "mean", batch_size=8)
+    extractor = forward.Extractor(loaded, ["conv2"], "mean", batch_size=8)
     rng = np.random.default_rng(2)
     batch = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
     full = extractor(batch)["conv2"]
@@ -90,13 +91,12 @@ import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from actdb.ingest import pipeline
-from actdb.models import load
+from actdb.models import forward, load
 loaded = load(sys.argv[1], preprocess="tf")
 batch = np.random.default_rng(3).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-one = pipeline.Extractor(loaded, ["conv2", "fc"], "mean", batch_size=8)(batch)
-two = pipeline.Extractor(loaded, ["conv2", "fc"], "mean", batch_size=8, strategy=mirrored)(batch)
+one = forward.Extractor(loaded, ["conv2", "fc"], "mean", batch_size=8)(batch)
+two = forward.Extractor(loaded, ["conv2", "fc"], "mean", batch_size=8, strategy=mirrored)(batch)
 for key in one:
     np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-6)
     assert two[key].shape[0] == 6

@@ -41,7 +41,7 @@ def test_predict_agrees_with_a_direct_forward_pass(photo_files):
     """Same pixels through Keras by hand: the product's preprocessing and top-k are right."""
     import tensorflow as tf
 
-    from actdb.ingest.pipeline import pixels_of_file
+    from actdb.images import pixels_of_file
     from actdb.models import load
     from actdb.predict import predict
 

@@ -60,7 +60,7 @@ def test_a_stored_file_finds_itself_at_distance_zero(store, run_cli):
 
 
 def test_file_query_vector_equals_the_ingested_row(store):
-    from actdb.query.resolve import resolve
+    from actdb.resolve import resolve
 
     db, ids, vectors = stored(store)
     paths = db.images().set_index("id").loc[[2, 20], "path"].tolist()

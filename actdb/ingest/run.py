@@ -2,7 +2,6 @@
 with the input is checked before the store is touched."""
 from __future__ import annotations
 
-import hashlib
 import sys
 import threading
 import time
@@ -13,6 +12,8 @@ import numpy as np
 
 from .. import models
 from ..errors import ActdbError
+from ..images import RESIZE_MODES
+from ..models import forward, load_model, weights_digest
 from ..store import arrays
 from ..store.catalog import Catalog
 from ..store.locks import writer_lock
@@ -61,38 +62,6 @@ def _check_choice(name: str, value: str, choices) -> None:
         raise ActdbError(f"--{name} {value!r} is not one of {', '.join(choices)}")
 
 
-def parse_weights(weights: str) -> tuple[str, int]:
-    """`random` or `random:SEED` -> ('random', seed); anything else passes through."""
-    if weights == "random" or weights.startswith("random:"):
-        seed_text = weights.partition(":")[2] or "0"
-        if not seed_text.isdigit():
-            raise ActdbError(f"--weights {weights!r}: write random or random:SEED with an integer seed")
-        return "random", int(seed_text)
-    return weights, 0
-
-
-def load_model(name: str, weights: str, precision: str, preprocess: str | None = None) -> models.LoadedModel:
-    """Build the model under the requested compute precision (Keras dtype policy)."""
-    import keras
-
-    _check_choice("precision", precision, pipeline.PRECISIONS)
-    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
-    kind, seed = parse_weights(weights)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        return models.load(name, weights=kind, seed=seed, preprocess=preprocess)
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def weights_digest(model) -> str:
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-    return digest.hexdigest()
-
-
 def zarr_path(model: str, weights: str, layer: str, reduce: str) -> str:
     slug = weights.replace("file:sha256=", "file-")[:21].replace(":", "-").replace("=", "")
     return f"{model}/{slug}/{layer}/{reduce}"
@@ -100,20 +69,20 @@ def zarr_path(model: str, weights: str, layer: str, reduce: str) -> str:
 
 def ingest(store: str | Path, source: str | Path, options: IngestOptions, progress: bool = True) -> IngestSummary:
     store = Path(store)
-    _check_choice("resize", options.resize, pipeline.RESIZE_MODES)
-    _check_choice("reduce", options.reduce, pipeline.REDUCTIONS)
+    _check_choice("resize", options.resize, RESIZE_MODES)
+    _check_choice("reduce", options.reduce, forward.REDUCTIONS)
     _check_choice("dtype", options.dtype, DTYPES)
     if options.batch_size is not None and options.batch_size < 1:
         raise ActdbError("--batch-size must be a positive integer")
     records = list_images(source, classes=options.classes, per_class=options.per_class, seed=options.seed,
                           limit=options.limit)
     loaded = load_model(options.model, options.weights, options.precision, options.preprocess)
-    layers = pipeline.resolve_layers(loaded.keras_model, options.layers)
-    strategy = pipeline.default_strategy()
-    batch_size = options.batch_size or pipeline.default_batch_size(loaded.input_size, strategy)
+    layers = forward.resolve_layers(loaded.keras_model, options.layers)
+    strategy = forward.default_strategy()
+    batch_size = options.batch_size or forward.default_batch_size(loaded.input_size, strategy)
     replicas = strategy.num_replicas_in_sync
     batch_size = -(-batch_size // replicas) * replicas
-    extractor = pipeline.Extractor(loaded, layers, options.reduce, batch_size, options.predictions, strategy)
+    extractor = forward.Extractor(loaded, layers, options.reduce, batch_size, options.predictions, strategy)
 
     warm_up = threading.Thread(target=extractor.warm_up, name="actdb-trace", daemon=True)
     warm_up.start()  # tracing overlaps the weights digest and the catalog registration below

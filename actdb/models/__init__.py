@@ -1,4 +1,6 @@
-"""Models by name or path, with their input size, preprocessing and weights identity.
+"""Everything about a model: building or loading it by name, path and weights option, its
+input size and preprocessing, and its identity (the weights digest the catalog records).
+The batched forward pass is `models.forward`.
 
 TensorFlow is imported lazily so that catalog-only commands start fast.
 """
@@ -12,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ActdbError
+from ..tfquiet import import_tensorflow
+
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,51 @@ def is_saved_model_path(name: str) -> bool:
     return name.endswith(".keras")
 
 
+def parse_weights(weights: str) -> tuple[str, int]:
+    """`random` or `random:SEED` -> ('random', seed); anything else passes through."""
+    if weights == "random" or weights.startswith("random:"):
+        seed_text = weights.partition(":")[2] or "0"
+        if not seed_text.isdigit():
+            raise ActdbError(f"--weights {weights!r}: write random or random:SEED with an integer seed")
+        return "random", int(seed_text)
+    return weights, 0
+
+
+def load_model(name: str, weights: str = "imagenet", precision: str = "float32",
+               preprocess: str | None = None) -> LoadedModel:
+    """A model as the user names it (`--model`, `--weights random:3`), built under the
+    requested compute precision (Keras dtype policy)."""
+    import_tensorflow()
+    import keras
+
+    if precision not in PRECISIONS:
+        raise ActdbError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
+    kind, seed = parse_weights(weights)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        return load(name, weights=kind, seed=seed, preprocess=preprocess)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def weights_digest(model) -> str:
+    """SHA256 of every weight value: the identity the catalog checks before mixing rows."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
 def load(name: str, weights: str = "imagenet", seed: int = 0, preprocess: str | None = None) -> LoadedModel:
     """Build a model. `weights`: imagenet | random | PATH to a weights file.
 
     Random weights are seeded, so a resumed ingest rebuilds the very same model.
     """
+    import_tensorflow()
     import keras
 
     if is_saved_model_path(name):

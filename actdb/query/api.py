@@ -20,7 +20,7 @@ from ..store.locks import writer_lock
 from . import classes as class_ranking
 from . import index as faiss_index
 from .metrics import check_metric
-from .resolve import resolve
+from ..resolve import resolve
 
 INDEX_DIR = "indexes"
 

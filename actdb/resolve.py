@@ -1,4 +1,5 @@
-"""QUERY arguments to vectors in the space of one stored array.
+"""QUERY arguments to vectors in the space of one stored array: shared by every feature
+that takes a QUERY (query, predict, analytics), below them and above models/ and store/.
 
 A QUERY is an image file (run through exactly the model, weights, preprocessing, resize,
 precision and reduction of the stored rows), `id:N` (a stored row), `optimized:NAME`,
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ActdbError
-from ..store import arrays
+from .errors import ActdbError
+from .store import arrays
 
 
 @dataclass
@@ -91,8 +92,9 @@ def _npy_vector(path: str, channels: int) -> np.ndarray:
 
 def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
     """Image files through the same model and settings as the stored rows."""
-    from ..ingest import pipeline
-    from ..ingest.run import load_model, weights_digest
+    from .images import pixels_of_file
+    from .models import load_model, weights_digest
+    from .models.forward import Extractor
 
     model = db.sql("SELECT * FROM models WHERE id = (SELECT model_id FROM arrays WHERE id = ?)",
                    [int(array.array_id)]).iloc[0]
@@ -101,11 +103,11 @@ def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
     if weights_digest(loaded.keras_model) != model.weights_digest:
         raise ActdbError(f"the weights of {model['name']} on this machine differ from those of the stored rows; "
                          "queries would not be comparable")
-    extractor = pipeline.Extractor(loaded, [array.layer], array.reduce, _ingest_batch_size(db, array))
+    extractor = Extractor(loaded, [array.layer], array.reduce, _ingest_batch_size(db, array))
     rows = []
     for start in range(0, len(paths), extractor.batch_size):
         chunk = paths[start : start + extractor.batch_size]
-        pixels = np.stack([pipeline.pixels_of_file(p, loaded.input_size, array.resize) for p in chunk])
+        pixels = np.stack([pixels_of_file(p, loaded.input_size, array.resize) for p in chunk])
         rows.append(extractor(pixels)[array.layer])
     return np.concatenate(rows)
 

@@ -1,4 +1,5 @@
-"""The notebook API: `db = actdb.open(path)`; every CLI read command calls these methods."""
+"""Reading a store: catalog SQL, arrays and their rows. Features take a `Store`; the
+notebook API (`actdb.Database`) adds the feature methods on top of it."""
 from __future__ import annotations
 
 import os
@@ -22,14 +23,7 @@ def store_path(path: str | Path | None) -> Path:
     return Path(path)
 
 
-def open(path: str | Path | None = None) -> "Database":  # noqa: A001 - mirrors zarr.open / duckdb.connect
-    db = Database(store_path(path))
-    if not db.catalog.exists():
-        raise ActdbError(f"no actdb store at {db.path}: run `actdb ingest SOURCE --store {db.path}` first")
-    return db
-
-
-class Database:
+class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.catalog = Catalog(self.path)
@@ -123,30 +117,6 @@ class Database:
         values = arrays.read_rows(arrays.open_array(self.path, info.zarr_path), ids)
         return (ids, values) if return_ids else values
 
-    def build_index(self, model: str | None = None, layer: str | None = None, reduce: str = "mean",
-                    metric: str = "l2", kind: str = "auto", recall_target: float = 0.95,
-                    weights: str | None = None, rebuild: bool = False) -> dict:
-        """Build or update the FAISS index and class centroids of an array; returns the build report."""
-        from ..query import api
-
-        return api.build(self, model, layer, reduce, metric, kind, recall_target, weights, rebuild)
-
-    def neighbors(self, queries, model: str | None = None, layer: str | None = None, k: int = 10,
-                  where: str | None = None, reduce: str = "mean", metric: str = "l2",
-                  weights: str | None = None) -> pd.DataFrame:
-        """Nearest stored images of each query (file path, `id:N`, `.npy`); `where` filters by catalog columns."""
-        from ..query import api
-
-        return api.neighbors(self, _as_list(queries), model, layer, k, where, reduce, metric, weights)
-
-    def classes(self, queries, model: str | None = None, layer: str | None = None, by: str = "centroid",
-                k: int = 50, top: int = 10, class_name: str | None = None, reduce: str = "mean",
-                metric: str = "l2", weights: str | None = None) -> pd.DataFrame:
-        """Classes ranked for each query: by centroid, knn, or mean/median/min distance to all members."""
-        from ..query import api
-
-        return api.classes(self, _as_list(queries), model, layer, by, k, top, class_name, reduce, metric, weights)
-
     def info(self) -> dict:
         """What is stored: counts, models, arrays, classes, errors, size on disk."""
         with self.catalog.read() as con:
@@ -179,10 +149,6 @@ class Database:
             }
         summary["bytes_on_disk"] = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return summary
-
-
-def _as_list(queries) -> list[str]:
-    return [str(queries)] if isinstance(queries, (str, Path)) else [str(q) for q in queries]
 
 
 def _class_filter(classes: list[str] | None, prefix: str = "WHERE") -> tuple[str, list]:

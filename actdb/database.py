@@ -1,0 +1,56 @@
+"""The notebook API: `db = actdb.open(path)`. Every CLI command is one call here; the
+features (query, and the ones to come) sit below it and take the store it wraps."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ActdbError
+from .store.reader import Store, store_path
+
+
+def open(path: str | Path | None = None) -> "Database":  # noqa: A001 - mirrors zarr.open / duckdb.connect
+    db = Database(store_path(path))
+    if not db.catalog.exists():
+        raise ActdbError(f"no actdb store at {db.path}: run `actdb ingest SOURCE --store {db.path}` first")
+    return db
+
+
+class Database(Store):
+    """A store plus everything actdb computes over it. Feature modules are imported on first
+    use, so opening a store for SQL costs no FAISS or TensorFlow import."""
+
+    # -- query: indexes, nearest images, nearest classes --------------------------------------
+
+    def build_index(self, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                    metric: str = "l2", kind: str = "auto", recall_target: float = 0.95,
+                    weights: str | None = None, rebuild: bool = False) -> dict:
+        """Build or update the FAISS index and class centroids of an array; returns the build report."""
+        from .query import api
+
+        return api.build(self, model, layer, reduce, metric, kind, recall_target, weights, rebuild)
+
+    def neighbors(self, queries, model: str | None = None, layer: str | None = None, k: int = 10,
+                  where: str | None = None, reduce: str = "mean", metric: str = "l2",
+                  weights: str | None = None) -> pd.DataFrame:
+        """Nearest stored images of each query (file path, `id:N`, `.npy`); `where` filters by catalog columns."""
+        from .query import api
+
+        return api.neighbors(self, _as_list(queries), model, layer, k, where, reduce, metric, weights)
+
+    def classes(self, queries, model: str | None = None, layer: str | None = None, by: str = "centroid",
+                k: int = 50, top: int = 10, class_name: str | None = None, reduce: str = "mean",
+                metric: str = "l2", weights: str | None = None) -> pd.DataFrame:
+        """Classes ranked for each query: by centroid, knn, or mean/median/min distance to all members."""
+        from .query import api
+
+        return api.classes(self, _as_list(queries), model, layer, by, k, top, class_name, reduce, metric, weights)
+
+    # -- optimize: activation maximization ------------------------------------------------------
+
+    # -- analytics --------------------------------------------------------------------------------
+
+
+def _as_list(queries) -> list[str]:
+    return [str(queries)] if isinstance(queries, (str, Path)) else [str(q) for q in queries]
