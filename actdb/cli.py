@@ -319,6 +319,24 @@ def list_models():
         click.echo(f"{spec.name:<20} input {spec.input_size:>3}  preprocess {spec.preprocess}")
 
 
+# ---- store integrity ---------------------------------------------------------------------
+# (actdb check)
+
+
+# ---- optimize: activation maximization ----------------------------------------------------
+# (actdb optimize)
+
+
+# ---- analytics I: distances, maps, dataset examples, profiles ------------------------------
+# (actdb distances / map / top-images / top-classes / profile)
+
+
+# ---- analytics II: circuits, feature maps, differentiation, comparison ---------------------
+# (actdb weights / featuremaps / differentiation / compare)
+
+
+# ---- the demo ------------------------------------------------------------------------------
+
 @cli.command()
 @click.option("--model", type=click.Choice(["efficientnet_lite0", "vgg19"]),
               help="Default: vgg19 when its ImageNet weights are cached, else efficientnet_lite0.")

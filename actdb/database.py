@@ -47,9 +47,17 @@ class Database(Store):
 
         return api.classes(self, _as_list(queries), model, layer, by, k, top, class_name, reduce, metric, weights)
 
+    # -- integrity: check and repair -----------------------------------------------------------
+
+
     # -- optimize: activation maximization ------------------------------------------------------
 
-    # -- analytics --------------------------------------------------------------------------------
+
+    # -- analytics I: distances, maps, dataset examples, profiles ----------------------------------
+
+
+    # -- analytics II: circuits, feature maps, differentiation, comparison -------------------------
+
 
 
 def _as_list(queries) -> list[str]:

@@ -85,6 +85,22 @@ def test_an_image_gives_the_same_row_whatever_shares_its_batch(tiny_model_path):
     np.testing.assert_array_equal(alone[0], full[3])
 
 
+def test_full_maps_equal_a_direct_keras_forward_pass(tiny_model_path):
+    import keras
+
+    from actdb.models import load
+
+    loaded = load(str(tiny_model_path), preprocess="tf")
+    batch = np.random.default_rng(4).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    maps = forward.Extractor(loaded, ["conv2", "fc"], forward.FULL_MAPS, batch_size=4)(batch)
+    model = loaded.keras_model
+    cut = keras.Model(model.inputs, [model.get_layer("conv2").output, model.get_layer("fc").output])
+    conv2, fc = (t.numpy() for t in cut(batch / 127.5 - 1.0))
+    assert maps["conv2"].shape == (3, 13, 13, 16)
+    np.testing.assert_allclose(maps["conv2"], conv2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(maps["fc"], fc, rtol=1e-5, atol=1e-5)
+
+
 MIRRORED_SCRIPT = """
 import sys
 import numpy as np

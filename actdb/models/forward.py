@@ -17,7 +17,8 @@ from . import preprocess as preprocessing
 
 tf = import_tensorflow()
 
-REDUCTIONS = ("mean", "max")
+REDUCTIONS = ("mean", "max")  # what a store keeps
+FULL_MAPS = "none"  # not stored: whole H x W x C maps, for analyses that need positions
 TOP_K = 5
 
 
@@ -55,7 +56,7 @@ class Extractor:
                  predictions: bool = False, strategy=None):
         import keras
 
-        if reduce not in REDUCTIONS:
+        if reduce not in (*REDUCTIONS, FULL_MAPS):
             raise ActdbError(f"unknown reduction {reduce!r}: use one of {', '.join(REDUCTIONS)}")
         model = loaded.keras_model
         if predictions and not loaded.has_classifier:
@@ -88,7 +89,7 @@ class Extractor:
         results = {}
         for out, tensor in zip(self.outputs, heads):
             tensor = tf.cast(tensor, tf.float32)
-            if out.spatial:
+            if out.spatial and self.reduce != FULL_MAPS:
                 reduce_fn = tf.reduce_mean if self.reduce == "mean" else tf.reduce_max
                 tensor = reduce_fn(tensor, axis=[1, 2])
             results[out.layer] = tensor

@@ -1,0 +1,2 @@
+"""Optimized images (activation maximization), in lucid's optvis spirit: parameterizations,
+objectives and transforms as small composable pieces, and one batched step loop."""
