@@ -334,6 +334,205 @@ def list_models():
 # ---- analytics II: circuits, feature maps, differentiation, comparison ---------------------
 # (actdb weights / featuremaps / differentiation / compare)
 
+def _optional_db(ctx):
+    """The store when one is given (id:N and where:SQL need it); the model-only commands run without."""
+    import os
+
+    return _db(ctx) if ctx.obj["store"] or os.environ.get("ACTDB_STORE") else None
+
+
+def _model_options(command):
+    """--model/--weights/--preprocess for commands that run a model themselves."""
+    for option in reversed([
+        click.option("--model", required=True, help="Model name (see `actdb models`) or PATH.keras."),
+        click.option("--weights", default="imagenet", show_default=True, help="imagenet | random[:SEED] | PATH."),
+        click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "lite", "none"]),
+                     help="Pixel scaling, for PATH.keras models."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _plot_option(command):
+    return click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw it to FILE.png.")(command)
+
+
+@cli.command()
+@_model_options
+@click.option("--layer", required=True, help="A conv layer (with --from: any spatial layer).")
+@click.option("--unit", type=int, required=True, help="Output channel of --layer.")
+@click.option("--top", type=click.IntRange(min=1), default=6, show_default=True, help="Channels listed and drawn.")
+@click.option("--expanded", is_flag=True, help="Expanded weights from the earlier layer --from (Distill's circuits).")
+@click.option("--from", "from_layer", help="With --expanded: the earlier layer whose channels are ranked.")
+@_plot_option
+@click.option("--json", "as_json", is_flag=True)
+@_needs_tensorflow
+def weights(model, weights, preprocess, layer, unit, top, expanded, from_layer, plot_path, as_json):
+    """Rank the input channels feeding UNIT of a conv layer by the Frobenius norm of their kernel slice.
+
+    With --expanded --from LAYER: the expanded weights, i.e. the gradient of the unit's centre
+    position with respect to LAYER's channels, ReLU/ReLU6 as identity and max-pool as
+    average-pool (for adjacent convolutions this is the kernel itself).
+
+    \b
+    actdb weights --model vgg19 --layer block3_conv2 --unit 8 --top 6 --plot unit8.png
+    actdb weights --model vgg19 --layer block3_conv2 --unit 8 --expanded --from block2_conv2
+    """
+    from .analytics.weights import weights_of
+
+    if expanded != bool(from_layer):
+        raise ActdbError("--expanded and --from go together: --expanded --from EARLIER_LAYER")
+    result = weights_of(model, layer, unit, from_layer, weights, preprocess)
+    shown = result.top(top)
+    if plot_path:
+        from .analytics.plots2 import weights_figure
+
+        weights_figure(result, top, plot_path)
+    if as_json:
+        _print_json({"model": result.model, "layer": result.layer, "unit": unit, "source": result.source,
+                     "kind": result.kind, "note": result.note, "warnings": result.warnings,
+                     "window": list(result.maps.shape[:2]),
+                     "top": [{**row, "map": result.maps[:, :, row["channel"]].tolist()}
+                             for row in shown.to_dict("records")]})
+        return
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    what = "expanded weights" if result.kind == "expanded" else "kernel"
+    click.echo(f"{result.model} {layer} unit {unit}: {what} norms per input channel of {result.source} "
+               f"({result.maps.shape[0]}x{result.maps.shape[1]} window, top {len(shown)} of {len(result.ranking)})")
+    if result.note:
+        click.echo(f"note: {result.note}")
+    _print_table(shown.assign(norm=shown.norm.map("{:.6f}".format)))
+
+
+@cli.command()
+@click.argument("query")
+@_model_options
+@click.option("--layer", required=True, help="A spatial layer.")
+@click.option("--channels", help="Channels to show, e.g. 0-63 or 3,7,10-12 (default: all).")
+@click.option("--unit", type=int, help="One channel, drawn over the image instead of the grid.")
+@click.option("--resize", type=click.Choice(["center-crop", "squash"]), default="center-crop", show_default=True)
+@_plot_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_needs_tensorflow
+def featuremaps(ctx, query, model, weights, preprocess, layer, channels, unit, resize, plot_path, as_json):
+    """A layer's feature maps for one image (QUERY: an image file or id:N): per-channel statistics,
+    and with --plot the grid of maps (each standardized, x64 + 128, as seed 003's show_layer)
+    or, with --unit, that map over the image.
+
+    \b
+    actdb featuremaps photo.jpg --model efficientnet_lite0 --layer block2a_project_conv --channels 0-23 --plot maps.png
+    """
+    from .analytics.featuremaps import featuremaps_of
+
+    result = featuremaps_of(query, model, layer, channels, unit, weights, preprocess, resize, _optional_db(ctx))
+    if plot_path:
+        from .analytics import plots2
+
+        (plots2.unit_overlay if unit is not None else plots2.featuremap_grid)(result, plot_path)
+    table = result.table()
+    if as_json:
+        _print_json({"model": result.model, "layer": layer, "query": result.query,
+                     "map_shape": list(result.maps.shape[:2]), "channels": table.to_dict("records")})
+        return
+    click.echo(f"{result.model} {layer} on {result.query}: {len(result.channels)} maps of "
+               f"{result.maps.shape[0]}x{result.maps.shape[1]}")
+    _print_table(table.round(4))
+
+
+@cli.command()
+@click.argument("sets", nargs=-1, required=True)
+@_model_options
+@click.option("--layers", default="all", show_default=True, help="all (every layer, the input included), all-conv, or a,b,c.")
+@click.option("--units", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Units sampled per layer (positions in the H x W x C map), the same for every image and set.")
+@click.option("--normalize-by", help="Divide by this SET's differentiation (e.g. noise:43).")
+@click.option("--max-images", type=click.IntRange(min=2), default=200, show_default=True,
+              help="At most N images per set (a seeded sample).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the units, noise and samples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--resize", type=click.Choice(["center-crop", "squash"]), default="center-crop", show_default=True)
+@_plot_option
+@click.option("--json", "as_json", is_flag=True, help="Rows plus every layer's sampled unit indices.")
+@click.pass_context
+@_needs_tensorflow
+def differentiation(ctx, sets, model, weights, preprocess, layers, units, normalize_by, max_images, seed,
+                    batch_size, resize, plot_path, as_json):
+    """How differently each layer responds to the images of a SET (seed 004).
+
+    SET: a folder of images, where:SQL (stored images, e.g. "where:label = 'tabby'"), or
+    noise:N (N seeded white-noise images). Per layer, --units positions are sampled once and
+    read for every image; each response vector is z-scored; differentiation is the median over
+    image pairs of d^2/(2n), which for z-scored vectors equals 1 - Pearson r (correlation
+    distance). --json records the sampled unit indices, so the figure can be recomputed.
+
+    \b
+    actdb differentiation noise:43 photos/ --model vgg16 --weights random:0 --units 10000 --plot d.png
+    """
+    from .analytics.differentiation import differentiation_of
+
+    result = differentiation_of(list(sets), model, weights, layers, units, normalize_by, max_images, seed,
+                                batch_size, resize, preprocess, _optional_db(ctx),
+                                progress=not as_json and sys.stderr.isatty())
+    if plot_path:
+        from .analytics.plots2 import differentiation_figure
+
+        differentiation_figure(result, plot_path)
+    if as_json:
+        _print_json(result.to_json())
+        return
+    column = "normalized" if normalize_by else "differentiation"
+    table = result.frame.pivot(index=["depth", "layer", "units"], columns="set", values=column)
+    table = table[list(dict.fromkeys(result.frame.set))].reset_index().drop(columns="depth")
+    images = ", ".join(f"{name}: {n}" for name, n in result.frame.groupby("set", sort=False).images.first().items())
+    what = f"divided by that of {normalize_by}" if normalize_by else "median over pairs of 1 - Pearson r"
+    click.echo(f"{result.model} differentiation ({what}); images {images}; seed {seed} (unit indices: --json)")
+    _print_table(table.round(4))
+
+
+@cli.command()
+@click.option("--model", help="One stored model, with --layers.")
+@click.option("--layers", help="Stored layers of --model, comma-separated.")
+@click.option("--models", "model_names", help="Stored models, comma-separated, with --layer.")
+@click.option("--layer", help="One stored layer of every --models.")
+@click.option("--method", type=click.Choice(["cka", "cka-debiased", "rsa"]), default="cka", show_default=True,
+              help="linear CKA, its debiased form, or RSA (Spearman of correlation-distance RDMs of class centroids).")
+@click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
+@click.option("--where", help="SQL condition on images columns.")
+@click.option("--max-images", type=click.IntRange(min=2), default=5000, show_default=True,
+              help="At most N common images (a seeded sample).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_plot_option
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def compare(ctx, model, layers, model_names, layer, method, reduce, where, max_images, seed, plot_path, as_json):
+    """Representational similarity of stored arrays over the images they all hold.
+
+    \b
+    actdb compare --model vgg19 --layers block3_conv4,block4_conv4,block5_conv4 --plot cka.png
+    actdb compare --models vgg19,efficientnet_lite0 --layer avg_pool --method rsa
+    """
+    if layers and model_names or not (layers or model_names):
+        raise ActdbError("name the arrays one way: --model M --layers a,b,c or --models m1,m2 --layer L")
+    if layers:
+        arrays = [(model, name) for name in _csv_list(layers)]
+    else:
+        arrays = [(name, layer) for name in _csv_list(model_names)]
+    result = _db(ctx).compare(arrays, method, where, max_images, seed, reduce)
+    if plot_path:
+        from .analytics.plots2 import comparison_heatmap
+
+        comparison_heatmap(result, plot_path)
+    if as_json:
+        _print_json({"method": method, "images": result.images, "classes": result.classes,
+                     "names": result.names, "matrix": result.matrix.to_numpy().tolist(),
+                     "pairs": result.pairs().to_dict("records")})
+        return
+    detail = f", {result.classes} class centroids" if result.classes else ""
+    click.echo(f"{method} over {result.images} common images{detail}")
+    click.echo(result.matrix.round(4).to_string())
+
 
 # ---- the demo ------------------------------------------------------------------------------
 

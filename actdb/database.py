@@ -58,6 +58,28 @@ class Database(Store):
 
     # -- analytics II: circuits, feature maps, differentiation, comparison -------------------------
 
+    def compare(self, arrays: list[tuple[str, str]], method: str = "cka", where: str | None = None,
+                max_images: int = 5000, seed: int = 0, reduce: str = "mean"):
+        """Linear CKA, debiased CKA or RSA between every pair of stored (model, layer) arrays."""
+        from .analytics import compare
+
+        return compare.compare(self, arrays, method, where, max_images, seed, reduce)
+
+    def differentiation(self, sets: list[str], model: str, weights: str = "imagenet", layers: str = "all",
+                        units: int = 200, normalize_by: str | None = None, max_images: int = 200, seed: int = 0):
+        """Differentiation per layer of image SETs (folders, where:SQL on this store, noise:N)."""
+        from .analytics import differentiation
+
+        return differentiation.differentiation_of(_as_list(sets), model, weights, layers, units, normalize_by,
+                                                  max_images, seed, db=self)
+
+    def featuremaps(self, query: str, model: str, layer: str, channels: str | None = None,
+                    unit: int | None = None, weights: str = "imagenet"):
+        """A layer's feature maps for one image file or stored image `id:N`."""
+        from .analytics import featuremaps
+
+        return featuremaps.featuremaps_of(query, model, layer, channels, unit, weights, db=self)
+
 
 
 def _as_list(queries) -> list[str]:
