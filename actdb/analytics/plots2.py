@@ -120,20 +120,28 @@ def differentiation_figure(result, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+METHOD_TITLES = {"cka": "linear CKA", "cka-debiased": "debiased linear CKA",
+                 "rsa": "RSA (Spearman r of correlation-distance RDMs)"}
+
+
 def comparison_heatmap(comparison, path: str | Path) -> Path:
-    """Every pair of arrays, the similarity written in each cell."""
+    """Every pair of arrays, the similarity written in each cell; a shared model named once."""
     plt = _pyplot()
     count = len(comparison.names)
-    fig, ax = plt.subplots(figsize=(1.0 * count + 3.5, 0.9 * count + 2.2), layout="constrained")
+    models = {name.split("/", 1)[0] for name in comparison.names}
+    labels = [name.split("/", 1)[1] for name in comparison.names] if len(models) == 1 else comparison.names
+    fig, ax = plt.subplots(figsize=(0.9 * count + 4, 0.8 * count + 2.4), layout="constrained")
     values = comparison.matrix.to_numpy()
     image = ax.imshow(values, cmap="viridis", vmin=min(0.0, np.nanmin(values)), vmax=1.0)
-    ax.set_xticks(range(count), comparison.names, rotation=45, ha="right")
-    ax.set_yticks(range(count), comparison.names)
+    ax.set_xticks(range(count), labels, rotation=45, ha="right")
+    ax.set_yticks(range(count), labels)
     for i in range(count):
         for j in range(count):
             ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
                     color="black" if values[i, j] > 0.6 else "white", fontsize=9)
     fig.colorbar(image, ax=ax, label=comparison.method)
     detail = f", {comparison.classes} class centroids" if comparison.classes else ""
-    fig.suptitle(f"{comparison.method} between stored arrays ({comparison.images} images{detail})")
+    between = f"{models.pop()} layers" if len(models) == 1 else "models"
+    fig.suptitle(f"{METHOD_TITLES[comparison.method]} between {between}\n"
+                 f"(stored arrays, {comparison.images} images{detail})")
     return _save(fig, path)
