@@ -564,6 +564,28 @@ def demo(ctx, model, views):
     ctx.invoke(rank_classes, queries=queries, model=model, layer=query_layer, top=2)
     click.echo("== actdb info")
     ctx.invoke(info)
+    _demo_analytics_ii(ctx, folder, originals, views)
+
+
+def _demo_analytics_ii(ctx, folder, originals, views) -> None:
+    """weights, featuremaps and differentiation on efficientnet_lite0, pictures in STORE/plots."""
+    from pathlib import Path
+
+    from .demo import BLOCK_OUTPUTS, CIRCUIT, FEATUREMAP_LAYER
+
+    plots = Path(ctx.obj["store"]) / "plots"
+    lite = "efficientnet_lite0"
+    click.echo(f"\n== actdb weights --model {lite} --layer {CIRCUIT['layer']} --unit {CIRCUIT['unit']} "
+               f"--expanded --from {CIRCUIT['from_layer']}")
+    ctx.invoke(weights, model=lite, expanded=True, plot_path=str(plots / "weights.png"), **CIRCUIT)
+    cat = next((p for p in originals if p.stem.startswith("chelsea")), originals[0])
+    click.echo(f"\n== actdb featuremaps {cat.name} --model {lite} --layer {FEATUREMAP_LAYER}")
+    ctx.invoke(featuremaps, query=str(cat), model=lite, layer=FEATUREMAP_LAYER, plot_path=str(plots / "featuremaps.png"))
+    noise = f"noise:{len(originals) * views}"
+    click.echo(f"\n== actdb differentiation {noise} {folder.name} --model {lite} --layers <every block's output>")
+    ctx.invoke(differentiation, sets=(noise, str(folder)), model=lite, layers=BLOCK_OUTPUTS,
+               plot_path=str(plots / "differentiation.png"))
+    click.echo(f"\nplots: {', '.join(sorted(p.name for p in plots.glob('*.png')))} in {plots}")
 
 
 def main() -> None:

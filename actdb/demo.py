@@ -11,6 +11,15 @@ DEMO_LAYERS = {
     "vgg19": ("block5_conv4,fc2", "block5_conv4"),
 }
 
+# Analytics II on the offline model: a circuit (expanded weights into block 3 from block 2's
+# output), block 2's feature maps on the cat, and differentiation at every block's output.
+CIRCUIT = {"layer": "block3a_project_conv", "unit": 3, "from_layer": "block2b_add"}
+FEATUREMAP_LAYER = "block2b_add"
+BLOCK_OUTPUTS = ("stem_activation,block1a_project_bn,block2a_project_bn,block2b_add,block3a_project_bn,block3b_add,"
+                 "block4a_project_bn,block4b_add,block4c_add,block5a_project_bn,block5b_add,block5c_add,"
+                 "block6a_project_bn,block6b_add,block6c_add,block6d_add,block7a_project_bn,top_activation,"
+                 "avg_pool,predictions")
+
 
 def default_model() -> str:
     """VGG19 (the seeds' model) when its ImageNet weights are on this machine, else the offline model."""

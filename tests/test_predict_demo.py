@@ -68,5 +68,9 @@ def test_demo_runs_end_to_end(tmp_path, run_cli):
     assert "index built: flat" in result.output
     classes = result.output.split("== actdb classes")[1].split("== actdb info")[0]
     assert "coffee_001.JPEG\n rank    class" in classes and "    1 espresso" in classes
+    for picture in ("weights.png", "featuremaps.png", "differentiation.png"):  # analytics II on the real model
+        with Image.open(tmp_path / "demo" / "plots" / picture) as png:
+            assert png.format == "PNG" and png.size[0] >= 600
+    assert "block2b_add on " in result.output and "images noise:12: 12" in result.output
     again = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
     assert "ingested 0, skipped 12" in again.output

@@ -55,13 +55,16 @@ def weights_figure(weights, top: int, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+MAX_GRID_MAPS = 256  # beyond this a grid is too tall to read: choose with --channels
+
+
 def featuremap_grid(maps, path: str | Path, per_row: int = 16) -> Path:
     """003's `show_layer`: every chosen map standardized, x64 + 128, clipped; viridis."""
     from .featuremaps import display_values
 
     plt = _pyplot()
-    shown = display_values(maps.maps)
-    count = len(maps.channels)
+    count = min(len(maps.channels), MAX_GRID_MAPS)
+    shown = display_values(maps.maps[:, :, :count])
     columns = min(per_row, count)
     rows = -(-count // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns + 0.6, 1.2 * rows + 0.9), squeeze=False,
@@ -72,7 +75,8 @@ def featuremap_grid(maps, path: str | Path, per_row: int = 16) -> Path:
             ax.imshow(shown[:, :, k], cmap="viridis", vmin=0, vmax=255, interpolation="nearest")
             ax.set_title(str(maps.channels[k]), fontsize=7, pad=1)
     height, width = maps.maps.shape[:2]
-    fig.suptitle(f"{maps.model} {maps.layer} ({height}x{width}) on {Path(maps.query).name}: feature maps, "
+    first = "" if count == len(maps.channels) else f" (the first {count} of {len(maps.channels)}: use --channels)"
+    fig.suptitle(f"{maps.model} {maps.layer} ({height}x{width}) on {Path(maps.query).name}: feature maps{first}, "
                  "each standardized (x64 + 128)", fontsize=10)
     return _save(fig, path)
 
@@ -104,19 +108,20 @@ def differentiation_figure(result, path: str | Path) -> Path:
     layers = list(dict.fromkeys(frame.layer))
     fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(layers) + 3), 5), layout="constrained")
     for name, group in frame.groupby("set", sort=False):
-        ax.plot(group.depth, group[column], marker="o", markersize=3, label=f"{name} ({group.images.iloc[0]} images)")
+        shown = name if ":" in name else f"{Path(name).name}/"  # a folder by its own name, not its path
+        ax.plot(group.depth, group[column], marker="o", markersize=3, label=f"{shown} ({group.images.iloc[0]} images)")
     ax.set_xticks(range(len(layers)), layers, rotation=70, ha="right", fontsize=7 if len(layers) > 30 else 9)
     ax.set_xlabel("layer")
     if result.normalize_by:
         ax.set_ylabel(f"differentiation / that of {result.normalize_by}")
         ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
     else:
-        ax.set_ylabel("differentiation: median over pairs of 1 − Pearson r")
+        ax.set_ylabel("median over pairs of 1 − Pearson r")
     ax.legend()
     ax.grid(alpha=0.3)
     units = frame.units.max()
-    ax.set_title(f"{result.model}: differentiation per layer, {units} sampled units per layer "
-                 f"(fewer where the layer is smaller), seed {result.seed}")
+    ax.set_title(f"{result.model}: differentiation per layer\n{units} sampled units per layer "
+                 f"(all where a layer has fewer), z-scored per image; seed {result.seed}")
     return _save(fig, path)
 
 
