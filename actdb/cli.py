@@ -530,8 +530,12 @@ def compare(ctx, model, layers, model_names, layer, method, reduce, where, max_i
                      "pairs": result.pairs().to_dict("records")})
         return
     detail = f", {result.classes} class centroids" if result.classes else ""
+    matrix = result.matrix.round(4)
+    if layers:  # one model: name the layers only
+        matrix.index = matrix.columns = [name.split("/", 1)[1] for name in result.names]
+        detail += f"; model {result.names[0].split('/', 1)[0]}"
     click.echo(f"{method} over {result.images} common images{detail}")
-    click.echo(result.matrix.round(4).to_string())
+    click.echo(matrix.to_string())
 
 
 # ---- the demo ------------------------------------------------------------------------------

@@ -172,3 +172,19 @@ def assert_sensible_png(path):
         pixels = np.asarray(picture.convert("L"), np.float32)
     assert 300 <= width <= 3000 and 200 <= height <= 2500, picture.size
     assert pixels.std() > 5  # something is drawn
+
+
+def test_a_depthwise_unit_reads_one_input_channel():
+    """EfficientNet-Lite's depthwise convs: output c*m + k reads only input channel c; said, not ranked."""
+    import keras
+
+    from actdb.analytics.weights import incoming
+    from actdb.models import LoadedModel
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(inputs))
+    kernel = model.get_layer("dw").kernel.numpy()  # (3, 3, 3 inputs, 2 per input)
+    result = incoming(LoadedModel(model, "dw-model", "random", "none", 8), "dw", 5)
+    assert result.ranking.channel.tolist() == [2]
+    assert result.ranking.norm[0] == pytest.approx(np.linalg.norm(kernel[:, :, 2, 1]))
+    assert "reads only input channel 2" in result.note
