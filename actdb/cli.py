@@ -334,11 +334,10 @@ def list_models():
 # ---- analytics II: circuits, feature maps, differentiation, comparison ---------------------
 # (actdb weights / featuremaps / differentiation / compare)
 
-def _optional_db(ctx):
-    """The store when one is given (id:N and where:SQL need it); the model-only commands run without."""
-    import os
-
-    return _db(ctx) if ctx.obj["store"] or os.environ.get("ACTDB_STORE") else None
+def _db_if(ctx, needed: bool):
+    """The store, opened only for the arguments that name stored images (id:N, where:SQL):
+    the model-only commands run without one, and an unrelated $ACTDB_STORE cannot fail them."""
+    return _db(ctx) if needed else None
 
 
 def _model_options(command):
@@ -426,7 +425,8 @@ def featuremaps(ctx, query, model, weights, preprocess, layer, channels, unit, r
     """
     from .analytics.featuremaps import featuremaps_of
 
-    result = featuremaps_of(query, model, layer, channels, unit, weights, preprocess, resize, _optional_db(ctx))
+    result = featuremaps_of(query, model, layer, channels, unit, weights, preprocess, resize,
+                            _db_if(ctx, query.startswith("id:")))
     if plot_path:
         from .analytics import plots2
 
@@ -473,7 +473,8 @@ def differentiation(ctx, sets, model, weights, preprocess, layers, units, normal
     from .analytics.differentiation import differentiation_of
 
     result = differentiation_of(list(sets), model, weights, layers, units, normalize_by, max_images, seed,
-                                batch_size, resize, preprocess, _optional_db(ctx),
+                                batch_size, resize, preprocess,
+                                _db_if(ctx, any(s.startswith("where:") for s in (*sets, normalize_by or ""))),
                                 progress=not as_json and sys.stderr.isatty())
     if plot_path:
         from .analytics.plots2 import differentiation_figure
