@@ -486,7 +486,9 @@ def differentiation(ctx, sets, model, weights, preprocess, layers, units, normal
     column = "normalized" if normalize_by else "differentiation"
     table = result.frame.pivot(index=["depth", "layer", "units"], columns="set", values=column)
     table = table[list(dict.fromkeys(result.frame.set))].reset_index().drop(columns="depth")
-    images = ", ".join(f"{name}: {n}" for name, n in result.frame.groupby("set", sort=False).images.first().items())
+    counts = result.frame.groupby("set", sort=False)[["images", "listed"]].first()
+    images = ", ".join(f"{name}: {row.images}" + (f" of {row.listed}" if row.listed > row.images else "")
+                       for name, row in counts.iterrows())
     what = f"divided by that of {normalize_by}" if normalize_by else "median over pairs of 1 - Pearson r"
     click.echo(f"{result.model} differentiation ({what}); images {images}; seed {seed} (unit indices: --json)")
     _print_table(table.round(4))

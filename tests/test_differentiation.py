@@ -148,3 +148,15 @@ def test_bad_sets_are_one_line(run_cli, tiny_model_path, tmp_path, monkeypatch, 
     result = run_cli("differentiation", *sets, "--model", tiny_model_path, "--preprocess", "tf")
     assert result.exit_code == 1 and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_max_images_takes_a_seeded_sample_and_says_so(photo_folder):
+    from actdb.analytics.differentiation import resolve_set
+
+    first = resolve_set(str(photo_folder), max_images=3, seed=1)
+    assert len(first) == 3 and first.listed == 7
+    assert first.paths == sorted(first.paths) and set(first.paths) <= {str(p) for p in photo_folder.glob("*.png")}
+    assert resolve_set(str(photo_folder), max_images=3, seed=1).paths == first.paths
+    assert any(resolve_set(str(photo_folder), max_images=3, seed=s).paths != first.paths for s in range(2, 6))
+    noise = resolve_set("noise:50", max_images=10)
+    assert len(noise) == 10 and noise.listed == 50

@@ -20,7 +20,6 @@ import pandas as pd
 from ..errors import ActdbError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-LAYER_CHOICES = ("all", "all-conv")
 
 
 @dataclass
@@ -39,7 +38,7 @@ class ImageSet:
 @dataclass
 class Differentiation:
     model: str
-    frame: pd.DataFrame  # set, depth, layer, units, differentiation[, normalized], images, pairs, constant
+    frame: pd.DataFrame  # set, depth, layer, units, differentiation[, normalized], images, listed, pairs, constant
     units: dict[str, np.ndarray]  # layer -> sampled flat indices into its (H, W, C) or (C,) output
     shapes: dict[str, tuple]  # layer -> output shape without the batch axis
     seed: int
@@ -132,7 +131,8 @@ def differentiation(loaded, sets: list[ImageSet], layers: str = "all", units: in
         for depth, name in enumerate(names):
             value, pairs, constant = pairwise_differentiation(responses[name])
             rows.append({"set": image_set.name, "depth": depth, "layer": name, "units": len(sampled[name]),
-                         "differentiation": value, "images": len(image_set), "pairs": pairs, "constant": constant})
+                         "differentiation": value, "images": len(image_set), "listed": image_set.listed,
+                         "pairs": pairs, "constant": constant})
     bar.close()
     frame = pd.DataFrame(rows)
     if normalize_by is not None:
