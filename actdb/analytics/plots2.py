@@ -51,7 +51,8 @@ def weights_figure(weights, top: int, path: str | Path) -> Path:
         ax.set_yticks([])
     fig.colorbar(image, ax=fig.axes[1:], shrink=0.8, label="weight, min-max over the unit")
     what = "expanded weights" if weights.kind == "expanded" else "incoming kernel"
-    fig.suptitle(f"{weights.model} {weights.layer} unit {weights.unit}: {what} from {weights.source}")
+    trained = "" if weights.weights == "imagenet" else f" [weights {weights.weights[:24]}]"  # a sha256 is long
+    fig.suptitle(f"{weights.model}{trained} {weights.layer} unit {weights.unit}: {what} from {weights.source}")
     return _save(fig, path)
 
 

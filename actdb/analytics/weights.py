@@ -31,6 +31,7 @@ class Weights:
     ranking: pd.DataFrame  # rank, channel, norm (all channels, strongest first)
     note: str = ""
     warnings: list[str] = field(default_factory=list)
+    weights: str = "imagenet"  # the weights' identity: imagenet | random:seed=N | file:sha256=...
 
     def top(self, n: int) -> pd.DataFrame:
         return self.ranking.head(n)
@@ -49,7 +50,7 @@ def incoming(loaded, layer: str, unit: int) -> Weights:
 
     target = _layer(loaded.keras_model, layer)
     if isinstance(target, keras.layers.DepthwiseConv2D):
-        return _depthwise(loaded.name, target, unit)
+        return _depthwise(loaded, target, unit)
     if not isinstance(target, keras.layers.Conv2D) or target.groups != 1:
         raise ActdbError(f"{layer} is a {type(target).__name__}, not a Conv2D or DepthwiseConv2D layer: "
                          "`actdb weights` ranks conv kernels (use --expanded --from LAYER for other layers)")
@@ -59,10 +60,11 @@ def incoming(loaded, layer: str, unit: int) -> Weights:
     note = ""
     if kernel.shape[:2] == (1, 1):
         note = "pointwise (1x1) conv: each channel's norm is the absolute value of its single weight"
-    return Weights(loaded.name, layer, unit, _input_layer_name(target), "kernel", maps, rank_channels(maps), note)
+    return Weights(loaded.name, layer, unit, _input_layer_name(target), "kernel", maps, rank_channels(maps), note,
+                   weights=loaded.weights_id)
 
 
-def _depthwise(model: str, target, unit: int) -> Weights:
+def _depthwise(loaded, target, unit: int) -> Weights:
     """A depthwise conv's output channel reads one input channel only: no ranking to make."""
     kernel = np.asarray(target.kernel.numpy())  # (h, w, in, depth_multiplier)
     channels, multiplier = kernel.shape[2], kernel.shape[3]
@@ -74,7 +76,8 @@ def _depthwise(model: str, target, unit: int) -> Weights:
     note = (f"depthwise conv: output channel {unit} reads only input channel {source_channel}; its norm is "
             "that one kernel's, every other channel's weight is 0 (rank the pointwise conv after it, "
             "or use --expanded)")
-    return Weights(model, target.name, unit, _input_layer_name(target), "kernel", maps, ranking, note)
+    return Weights(loaded.name, target.name, unit, _input_layer_name(target), "kernel", maps, ranking, note,
+                   weights=loaded.weights_id)
 
 
 def expanded(loaded, layer: str, unit: int, from_layer: str) -> Weights:
@@ -114,7 +117,8 @@ def expanded(loaded, layer: str, unit: int, from_layer: str) -> Weights:
     warnings = _nonlinear_left(model, names.index(from_layer), names.index(layer))
     note = (f"expanded weights: gradient of {layer}[{(height - 1) // 2}, {(width - 1) // 2}, {unit}] "
             f"with respect to {from_layer}, ReLU/ReLU6 as identity and max-pool as average-pool")
-    return Weights(loaded.name, layer, unit, from_layer, "expanded", maps, rank_channels(maps), note, warnings)
+    return Weights(loaded.name, layer, unit, from_layer, "expanded", maps, rank_channels(maps), note, warnings,
+                   loaded.weights_id)
 
 
 def _probe_after(name: str, probe, wanted: str, outputs: dict):
