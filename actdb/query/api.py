@@ -16,13 +16,12 @@ import pandas as pd
 
 from ..errors import ActdbError
 from ..store import arrays
+from ..store.catalog import INDEX_DIR
 from ..store.locks import writer_lock
 from . import classes as class_ranking
 from . import index as faiss_index
 from .metrics import check_metric
 from ..resolve import resolve
-
-INDEX_DIR = "indexes"
 
 
 def memory_budget_bytes() -> int:
