@@ -36,7 +36,7 @@ def _print_json(payload) -> None:
 
 def _print_records(frame) -> None:
     """A DataFrame as a JSON list, paths unescaped (pandas writes `\\/`), NaN as null."""
-    click.echo(json.dumps(json.loads(frame.to_json(orient="records", date_format="iso"))))
+    click.echo(json.dumps(json.loads(frame.to_json(orient="records", date_format="iso")), separators=(",", ":")))
 
 
 def _print_table(frame) -> None:
@@ -51,7 +51,7 @@ def cli(ctx, store):
     """actdb: a batch activation database for CNN interpretability.
 
     \b
-    actdb --store imagenet.actdb ingest ~/ILSVRC/train --model vgg19 --layers block5_conv4
+    actdb --store imagenet.actdb ingest ~/ILSVRC/train --classes sea_cucumber,groenendael --per-class 100
     actdb --store imagenet.actdb info
     actdb --store imagenet.actdb sql "SELECT label, count(*) FROM images GROUP BY label"
     """
@@ -84,10 +84,12 @@ def _db(ctx):
 
 @cli.command()
 @click.argument("source", type=click.Path())
-@click.option("--model", default="vgg19", show_default=True, help="Model name (see `actdb models`) or PATH.keras.")
+@click.option("--model", default="efficientnet_lite0", show_default=True,
+              help="Model name (see `actdb models`) or PATH.keras.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | random[:SEED] | PATH to a weights file.")
 @click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "lite", "none"]), help="Pixel scaling, for PATH.keras models.")
-@click.option("--layers", default="block5_conv4", show_default=True, help="Comma-separated layer names, or all-conv.")
+@click.option("--layers", default="avg_pool", show_default=True,
+              help="Comma-separated layer names (see `actdb layers MODEL`), or all-conv.")
 @click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True, help="Spatial reduction.")
 @click.option("--classes", help="Only these classes: wnids or names, comma-separated.")
 @click.option("--per-class", type=click.IntRange(min=1), help="At most N images per class (deterministic sample).")
@@ -114,7 +116,8 @@ def ingest(ctx, source, quiet, as_json, **options):
     Resumable: run the same command again after a crash; it adds only what is missing.
 
     \b
-    actdb ingest ~/ILSVRC/train --classes sea_cucumber,groenendael --per-class 100
+    actdb --store imagenet.actdb ingest ~/ILSVRC/train --classes sea_cucumber,groenendael --per-class 100
+    actdb --store imagenet.actdb ingest ~/ILSVRC/train --model efficientnet_lite0 --layers top_activation,avg_pool
     """
     from .ingest.run import IngestOptions, ingest as run_ingest
 
@@ -141,8 +144,9 @@ def info(ctx, as_json):
     if as_json:
         _print_json(summary)
         return
-    click.echo(f"store {summary['store']}: {summary['images']} images, {summary['classes']} classes, "
-               f"{summary['errors']} errors, {summary['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    click.echo(f"store {summary['store']}: {summary['images']} images stored, {summary['classes']} classes, "
+               f"{summary['failed_images']} images failed ({summary['errors']} errors), "
+               f"{summary['bytes_on_disk'] / 1e6:.1f} MB on disk")
     for title in ("sources", "models", "arrays", "top_classes", "runs"):
         click.echo(f"\n{title.replace('_', ' ')}:")
         _print_table(pd.DataFrame(summary[title]))
@@ -197,18 +201,23 @@ def layers(model, as_json):
 @click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--resize", type=click.Choice(["center-crop", "squash"]), default="center-crop", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.pass_context
 @_needs_tensorflow
-def predict(queries, model_names, weights, top, resize, as_json):
-    """Top ImageNet classes of each QUERY image, per model.
+def predict(ctx, queries, model_names, weights, top, resize, as_json):
+    """Top ImageNet classes of each QUERY, per model: an image file, or id:N of a stored image
+    (then the store is needed: --store or $ACTDB_STORE).
 
     \b
     actdb predict photo.jpg --models efficientnet_lite0,vgg19 --top 3
+    actdb --store demo.actdb predict id:3
     """
     import pandas as pd
 
     from .predict import predict as run_predict
 
-    rows, unavailable = run_predict(list(queries), _csv_list(model_names), top=top, resize=resize, weights=weights)
+    db = _db(ctx) if ctx.obj["store"] and any(q.startswith("id:") for q in queries) else None
+    rows, unavailable = run_predict(list(queries), _csv_list(model_names), top=top, resize=resize, weights=weights,
+                                    db=db)
     for model, reason in unavailable.items():
         click.echo(f"{model}: unavailable: {reason}", err=True)
     frame = pd.DataFrame([r.__dict__ for r in rows])

@@ -98,7 +98,7 @@ def image_file(text: str, db=None) -> str:
     elif text.endswith(".npy"):
         raise ActdbError(f"{text}: a vector has no pixels to classify; give an image file or id:N")
     if not Path(text).is_file():
-        raise ActdbError(f"{text} is not an image file (or id:N of a stored image)")
+        raise ActdbError(f"cannot read image {text}: no such file (a query here is an image file or id:N)")
     return text
 
 

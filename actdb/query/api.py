@@ -208,15 +208,19 @@ def classes(db, queries: list[str], model: str, layer: str, by: str = "centroid"
     if by not in class_ranking.BY:
         raise ActdbError(f"unknown --by {by!r}: use one of {', '.join(class_ranking.BY)}")
     array = db.find_array(model, layer, reduce, weights)
+    labels = _labels_by_id(db)
+    if not pd.notna(labels).any():
+        raise ActdbError("this store has no classes: none of its images has a label (ingest class folders, or a "
+                         "list with a label column, to rank classes); nearest images still work")
     warnings: list[str] = []
     resolved = resolve(db, array, queries)
     query_ids = np.array([-1 if i is None else i for i in resolved.image_ids], np.int64)
     if by == "centroid":
         _, warnings = _checked_index_row(db, array, metric)  # centroids are refreshed with the index
-        ranked = class_ranking.rank_classes(resolved.vectors, by, metric, centroids=_centroids(db, array, metric))
+        ranked = class_ranking.rank_classes(resolved.vectors, by, metric, centroids=_centroids(db, array, metric),
+                                            query_ids=query_ids, labels_of=lambda ids: labels[ids])
     elif by == "knn":
         index, warnings = _open_index(db, array, metric)
-        labels = _labels_by_id(db)
         ranked = class_ranking.rank_classes(resolved.vectors, by, metric, index=index, k=k,
                                             labels_of=lambda ids: labels[ids], query_ids=query_ids)
     else:
