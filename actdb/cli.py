@@ -367,7 +367,8 @@ def check(ctx, repair, as_json):
         _print_json(report)
     else:
         counts = ", ".join(f"{n} {what}" for what, n in report["checked"].items())
-        click.echo(f"checked {counts}: " + ("no problems" if report["ok"] else f"{len(report['problems'])} problems"))
+        n = len(report["problems"])
+        click.echo(f"checked {counts}: " + ("no problems" if report["ok"] else f"{n} problem{'s' * (n > 1)}"))
         if report["problems"]:
             _print_table(pd.DataFrame(report["problems"]))
         for action in report["repaired"]:

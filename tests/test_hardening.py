@@ -359,5 +359,7 @@ def test_api_vectors_strings_and_unknown_classes(built):
         assert len(tench) == 6
         with pytest.raises(actdb.ActdbError, match="espresso"):
             db.activations("tiny", "conv2", classes="espresso")
+        with pytest.raises(actdb.ActdbError, match=r"run db\.build_index\('tiny', 'conv2', metric='cosine'\)"):
+            db.neighbors("id:0", "tiny", "conv2", metric="cosine")
         report = db.build_index("tiny", "conv2", recall=0.9)
         assert report["action"] == "up to date"

@@ -180,7 +180,8 @@ class Store:
                 ).df().to_dict("records"),
             }
         for run in summary["runs"]:
-            run["status"] = _shown_status(run.pop("status"), run.pop("pid"), run.pop("host"))
+            pid, host = run.pop("pid"), run.pop("host")
+            run["status"] = _shown_status(run["status"], pid, host)
         summary["bytes_on_disk"] = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return summary
 
