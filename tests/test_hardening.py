@@ -176,10 +176,12 @@ def test_sigterm_is_recorded_as_interrupted_with_exit_143(tmp_path, tiny_model_p
         except (actdb.ActdbError, duckdb.Error):
             return 0
 
+    usual_handler = signal.getsignal(signal.SIGTERM)
+
     def terminate_when_rows_are_committed():
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None) and ingested() > 0:
+            if signal.getsignal(signal.SIGTERM) is not usual_handler and ingested() > 0:
                 os.kill(os.getpid(), signal.SIGTERM)  # the ingest's handler is installed: it stops the run
                 return
             time.sleep(0.01)
@@ -190,7 +192,7 @@ def test_sigterm_is_recorded_as_interrupted_with_exit_143(tmp_path, tiny_model_p
                                                                 "--commit-seconds", "0"))))
     sender.join()
     assert result.exit_code == 143, result.output
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back after the run
+    assert signal.getsignal(signal.SIGTERM) is usual_handler  # put back after the run
     db = actdb.open(store)
     run = db.sql("SELECT status, ingested FROM runs").iloc[0]
     assert run.status == "interrupted" and 0 < run.ingested < 60
