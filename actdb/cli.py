@@ -237,8 +237,8 @@ def _array_options(command):
         click.option("--model", help="Stored model (may be left out when the store holds one array)."),
         click.option("--layer", help="Stored layer."),
         click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True),
-        click.option("--weights", help="Stored weights (imagenet | random:SEED | PATH), when a layer is stored "
-                     "under several."),
+        click.option("--weights", help="Stored weights, when a layer is stored under several: imagenet | "
+                     "random:SEED | file:sha256=... (as `actdb info` lists them)."),
         click.option("--metric", type=click.Choice(["l2", "cosine", "correlation"]), default="l2", show_default=True,
                      help="l2: Euclidean (the seeds' measure); correlation: 1 - Pearson r."),
     ]):
