@@ -365,3 +365,15 @@ def test_api_vectors_strings_and_unknown_classes(built):
             db.neighbors("id:0", "tiny", "conv2", metric="cosine")
         report = db.build_index("tiny", "conv2", recall=0.9)
         assert report["action"] == "up to date"
+
+
+def test_a_deleted_array_is_an_error_and_check_repair_lets_ingest_rebuild_it(built, tmp_path):
+    store = copy_of(built, tmp_path)
+    original = actdb.open(store).activations("tiny", "conv2")
+    shutil.rmtree(chunk_file(store).parents[2])  # tiny/WEIGHTS/conv2/mean
+    one_line_error(invoke("--store", store, "neighbors", "id:0", *ARRAY), "is missing", "check --repair")
+    report = actdb.open(store).check(repair=True)
+    assert [p["problem"] for p in report["problems"]] == ["missing array"]
+    assert actdb.open(store).check()["ok"]
+    assert invoke(*ingest_args(store, built["source"], built["model"])).exit_code == 0
+    np.testing.assert_array_equal(actdb.open(store).activations("tiny", "conv2"), original)

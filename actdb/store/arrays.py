@@ -44,8 +44,17 @@ def create(store: Path, zarr_path: str, n_rows: int, channels: int, dtype: str, 
     )
 
 
+class MissingArray(ActdbError):
+    """An array the catalog lists is gone from activations.zarr."""
+
+
 def open_array(store: Path, zarr_path: str, mode: str = "r") -> zarr.Array:
-    return root(store, mode)[zarr_path]
+    try:
+        return root(store, mode)[zarr_path]
+    except (KeyError, FileNotFoundError):
+        raise MissingArray(f"array {zarr_path}, listed in the catalog, is missing from {Path(store) / ZARR_DIR}: run "
+                           "`actdb check --repair` (db.check(repair=True)) to drop it, then the same ingest again "
+                           "to recompute it") from None
 
 
 def grow(array: zarr.Array, n_rows: int) -> None:

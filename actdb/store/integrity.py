@@ -81,10 +81,12 @@ def _check_array(db, array, problems, fixes, checked) -> None:
     done = db.done_ids(array.array_id)
     try:
         zarr_array = arrays.open_array(db.path, array.zarr_path)
-    except (KeyError, FileNotFoundError, ValueError):
+    except arrays.MissingArray:
         problems.append(Problem("missing array", array.zarr_path, f"{arrays.ZARR_DIR}/{array.zarr_path} is gone",
                                 len(done)))
         fixes.drop_arrays.append(int(array.array_id))
+        for index in db.sql("SELECT file FROM indexes WHERE array_id = ?", [int(array.array_id)]).itertuples():
+            fixes.delete_files.append(db.path / INDEX_DIR / index.file)  # an index of rows that are gone
         return
     if zarr_array.shape[1] != array.channels or str(zarr_array.dtype) != array.dtype:
         problems.append(Problem("shape mismatch", array.zarr_path,
