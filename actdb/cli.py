@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .errors import ActdbError
+from .errors import ActdbError, Terminated
 from .tfquiet import import_tensorflow
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -19,7 +19,9 @@ class ActdbGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ActdbError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(exc.cli_message) from None
+        except Terminated:
+            sys.exit(128 + 15)  # the run was recorded as interrupted; exit as a process killed by SIGTERM
         except BrokenPipeError:
             sys.exit(1)
 
@@ -30,6 +32,11 @@ def _csv_list(value: str | None) -> list[str] | None:
 
 def _print_json(payload) -> None:
     click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _print_records(frame) -> None:
+    """A DataFrame as a JSON list, paths unescaped (pandas writes `\\/`), NaN as null."""
+    click.echo(json.dumps(json.loads(frame.to_json(orient="records", date_format="iso")), separators=(",", ":")))
 
 
 def _print_table(frame) -> None:
@@ -44,7 +51,7 @@ def cli(ctx, store):
     """actdb: a batch activation database for CNN interpretability.
 
     \b
-    actdb --store imagenet.actdb ingest ~/ILSVRC/train --model vgg19 --layers block5_conv4
+    actdb --store imagenet.actdb ingest ~/ILSVRC/train --classes sea_cucumber,groenendael --per-class 100
     actdb --store imagenet.actdb info
     actdb --store imagenet.actdb sql "SELECT label, count(*) FROM images GROUP BY label"
     """
@@ -77,10 +84,12 @@ def _db(ctx):
 
 @cli.command()
 @click.argument("source", type=click.Path())
-@click.option("--model", default="vgg19", show_default=True, help="Model name (see `actdb models`) or PATH.keras.")
+@click.option("--model", default="efficientnet_lite0", show_default=True,
+              help="Model name (see `actdb models`) or PATH.keras.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet | random[:SEED] | PATH to a weights file.")
 @click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "lite", "none"]), help="Pixel scaling, for PATH.keras models.")
-@click.option("--layers", default="block5_conv4", show_default=True, help="Comma-separated layer names, or all-conv.")
+@click.option("--layers", default="avg_pool", show_default=True,
+              help="Comma-separated layer names (see `actdb layers MODEL`), or all-conv.")
 @click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True, help="Spatial reduction.")
 @click.option("--classes", help="Only these classes: wnids or names, comma-separated.")
 @click.option("--per-class", type=click.IntRange(min=1), help="At most N images per class (deterministic sample).")
@@ -107,7 +116,8 @@ def ingest(ctx, source, quiet, as_json, **options):
     Resumable: run the same command again after a crash; it adds only what is missing.
 
     \b
-    actdb ingest ~/ILSVRC/train --classes sea_cucumber,groenendael --per-class 100
+    actdb --store imagenet.actdb ingest ~/ILSVRC/train --classes sea_cucumber,groenendael --per-class 100
+    actdb --store imagenet.actdb ingest ~/ILSVRC/train --model efficientnet_lite0 --layers top_activation,avg_pool
     """
     from .ingest.run import IngestOptions, ingest as run_ingest
 
@@ -134,8 +144,9 @@ def info(ctx, as_json):
     if as_json:
         _print_json(summary)
         return
-    click.echo(f"store {summary['store']}: {summary['images']} images, {summary['classes']} classes, "
-               f"{summary['errors']} errors, {summary['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    click.echo(f"store {summary['store']}: {summary['images']} images stored, {summary['classes']} classes, "
+               f"{summary['failed_images']} images failed ({summary['errors']} errors), "
+               f"{summary['bytes_on_disk'] / 1e6:.1f} MB on disk")
     for title in ("sources", "models", "arrays", "top_classes", "runs"):
         click.echo(f"\n{title.replace('_', ' ')}:")
         _print_table(pd.DataFrame(summary[title]))
@@ -148,14 +159,17 @@ def info(ctx, as_json):
 @click.pass_context
 def sql(ctx, query, as_json, as_csv):
     """Read-only SQL on the catalog (tables: images, models, arrays, runs, done,
-    predictions, errors, imagenet_classes; view: array_list).
+    predictions, errors, indexes, class_centroids, imagenet_classes; view: array_list).
+    One statement; it reaches only the catalog (no files, URLs or extensions).
 
     \b
     actdb sql "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY n DESC"
     """
+    if as_json and as_csv:
+        raise ActdbError("give --json or --csv, not both")
     frame = _db(ctx).sql(query)
     if as_json:
-        click.echo(frame.to_json(orient="records", date_format="iso"))
+        _print_records(frame)
     elif as_csv:
         click.echo(frame.to_csv(index=False), nl=False)
     else:
@@ -187,23 +201,28 @@ def layers(model, as_json):
 @click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--resize", type=click.Choice(["center-crop", "squash"]), default="center-crop", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.pass_context
 @_needs_tensorflow
-def predict(queries, model_names, weights, top, resize, as_json):
-    """Top ImageNet classes of each QUERY image, per model.
+def predict(ctx, queries, model_names, weights, top, resize, as_json):
+    """Top ImageNet classes of each QUERY, per model: an image file, or id:N of a stored image
+    (then the store is needed: --store or $ACTDB_STORE).
 
     \b
     actdb predict photo.jpg --models efficientnet_lite0,vgg19 --top 3
+    actdb --store demo.actdb predict id:3
     """
     import pandas as pd
 
     from .predict import predict as run_predict
 
-    rows, unavailable = run_predict(list(queries), _csv_list(model_names), top=top, resize=resize, weights=weights)
+    db = _db(ctx) if ctx.obj["store"] and any(q.startswith("id:") for q in queries) else None
+    rows, unavailable = run_predict(list(queries), _csv_list(model_names), top=top, resize=resize, weights=weights,
+                                    db=db)
     for model, reason in unavailable.items():
         click.echo(f"{model}: unavailable: {reason}", err=True)
     frame = pd.DataFrame([r.__dict__ for r in rows])
     if as_json:
-        click.echo(frame.to_json(orient="records"))
+        _print_records(frame)
         return
     frame["probability"] = frame.probability.map("{:.4f}".format)
     for (query, model), group in frame.groupby(["query", "model"], sort=False):
@@ -213,11 +232,13 @@ def predict(queries, model_names, weights, top, resize, as_json):
 
 
 def _array_options(command):
-    """--model/--layer/--reduce/--metric: which stored array and distance a query is about."""
+    """--model/--layer/--reduce/--weights/--metric: which stored array and distance a query is about."""
     for option in reversed([
         click.option("--model", help="Stored model (may be left out when the store holds one array)."),
         click.option("--layer", help="Stored layer."),
         click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True),
+        click.option("--weights", help="Stored weights, when a layer is stored under several: imagenet | "
+                     "random:SEED | file:sha256=... (as `actdb info` lists them)."),
         click.option("--metric", type=click.Choice(["l2", "cosine", "correlation"]), default="l2", show_default=True,
                      help="l2: Euclidean (the seeds' measure); correlation: 1 - Pearson r."),
     ]):
@@ -229,7 +250,7 @@ def _print_frame(frame, as_json: bool, float_format: str = "{:.4f}") -> None:
     for warning in frame.attrs.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
     if as_json:
-        click.echo(frame.to_json(orient="records"))
+        _print_records(frame)
         return
     for query, group in frame.groupby("query", sort=False):
         click.echo(f"{query}")
@@ -244,30 +265,30 @@ def _print_frame(frame, as_json: bool, float_format: str = "{:.4f}") -> None:
 @_array_options
 @click.option("--kind", type=click.Choice(["auto", "flat", "ivf", "hnsw", "ivfpq"]), default="auto", show_default=True,
               help="auto: exact (flat) while it fits memory and a 50 ms scan, else IVF tuned to --recall.")
-@click.option("--recall", "recall_target", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+@click.option("--recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="recall@10 an approximate index must reach (measured against exact search).")
 @click.option("--rebuild", is_flag=True, help="Build anew instead of adding new rows (retrains IVF lists).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def index(ctx, model, layer, reduce, metric, kind, recall_target, rebuild, as_json):
+def index(ctx, model, layer, reduce, weights, metric, kind, recall, rebuild, as_json):
     """Build (or bring up to date) the FAISS index and class centroids of a stored array.
 
     \b
     actdb index --model vgg19 --layer block5_conv4
     actdb index --model vgg19 --layer block5_conv4 --metric correlation --kind ivf
     """
-    report = _db(ctx).build_index(model, layer, reduce, metric, kind, recall_target, rebuild=rebuild)
+    report = _db(ctx).build_index(model, layer, reduce, metric, kind, recall, weights, rebuild)
     if as_json:
         _print_json(report)
         return
-    recall = "exact" if report["kind"] == "flat" else f"recall@10 {report['recall_at_10']:.3f} measured on " \
+    measured = "exact" if report["kind"] == "flat" else f"recall@10 {report['recall_at_10']:.3f} measured on " \
         f"{report['n_eval_queries']} held-out queries with {report['search_params']}"
     click.echo(f"index {report['action']}: {report['kind']} ({report['factory']}), {metric}, {report['n_rows']} rows, "
-               f"{recall}; built in {report['build_seconds']:.2f} s")
+               f"{measured}; built in {report['build_seconds']:.2f} s")
     if report.get("note"):
         click.echo(f"note: {report['note']}", err=True)
     if report["kind"] != "flat" and not report.get("target_reached", True):
-        click.echo(f"warning: recall target {recall_target} not reached", err=True)
+        click.echo(f"warning: recall target {recall} not reached", err=True)
 
 
 @cli.command()
@@ -277,14 +298,14 @@ def index(ctx, model, layer, reduce, metric, kind, recall_target, rebuild, as_js
 @click.option("--where", help="SQL condition on images columns, e.g. \"label IN ('sea_cucumber','groenendael')\".")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def neighbors(ctx, queries, model, layer, reduce, metric, k, where, as_json):
+def neighbors(ctx, queries, model, layer, reduce, weights, metric, k, where, as_json):
     """The k nearest stored images of each QUERY (image file, id:N, optimized:NAME or .npy vector).
 
     \b
     actdb neighbors photo.jpg --model vgg19 --layer block5_conv4 -k 5
     actdb neighbors id:42 --where "label = 'sea_cucumber'"
     """
-    frame = _db(ctx).neighbors(list(queries), model, layer, k, where, reduce, metric)
+    frame = _db(ctx).neighbors(list(queries), model, layer, k, where, reduce, metric, weights)
     _print_frame(frame, as_json)
 
 
@@ -299,28 +320,62 @@ def neighbors(ctx, queries, model, layer, reduce, metric, k, where, as_json):
 @click.option("--class", "class_name", help="Also show this class's rank and statistics.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def rank_classes(ctx, queries, model, layer, reduce, metric, by, k, top, class_name, as_json):
+def rank_classes(ctx, queries, model, layer, reduce, weights, metric, by, k, top, class_name, as_json):
     """Rank the stored classes for each QUERY: "which class is this image closest to?"
 
     \b
     actdb classes optimized.png --model vgg19 --layer block5_conv4 --class sea_cucumber
     actdb classes id:7 --by median --top 5
     """
-    frame = _db(ctx).classes(list(queries), model, layer, by, k, top, class_name, reduce, metric)
+    frame = _db(ctx).classes(list(queries), model, layer, by, k, top, class_name, reduce, metric, weights)
     _print_frame(frame, as_json)
 
 
 @cli.command(name="models")
-def list_models():
+@click.option("--json", "as_json", is_flag=True)
+def list_models(as_json):
     """Models known by name, with input size and preprocessing."""
     from .models import known_models
 
+    if as_json:
+        _print_json([{"name": s.name, "input_size": s.input_size, "preprocess": s.preprocess}
+                     for s in known_models().values()])
+        return
     for spec in known_models().values():
         click.echo(f"{spec.name:<20} input {spec.input_size:>3}  preprocess {spec.preprocess}")
 
 
 # ---- store integrity ---------------------------------------------------------------------
-# (actdb check)
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Unmark the rows of damaged chunks (the same ingest then recomputes "
+              "them) and drop broken or stale index files.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def check(ctx, repair, as_json):
+    """Verify the store: every done row's chunk exists and decodes, no NaN in done rows, arrays
+    and catalog agree on shapes, index files match their records. Exit 1 if something is wrong.
+
+    \b
+    actdb check
+    actdb check --repair && actdb ingest SOURCE ...   # recompute what was lost
+    """
+    import pandas as pd
+
+    report = _db(ctx).check(repair=repair)
+    if as_json:
+        _print_json(report)
+    else:
+        counts = ", ".join(f"{n} {what}" for what, n in report["checked"].items())
+        n = len(report["problems"])
+        click.echo(f"checked {counts}: " + ("no problems" if report["ok"] else f"{n} problem{'s' * (n > 1)}"))
+        if report["problems"]:
+            _print_table(pd.DataFrame(report["problems"]))
+        for action in report["repaired"]:
+            click.echo(f"repaired: {action}")
+    unrepaired = [p for p in report["problems"] if not (repair and p["repairable"])]
+    if unrepaired:
+        ctx.exit(1)
 
 
 # ---- optimize: activation maximization ----------------------------------------------------

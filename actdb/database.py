@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .errors import ActdbError
+from .store.catalog import missing_store_message
 from .store.reader import Store, store_path
 
 
 def open(path: str | Path | None = None) -> "Database":  # noqa: A001 - mirrors zarr.open / duckdb.connect
     db = Database(store_path(path))
     if not db.catalog.exists():
-        raise ActdbError(f"no actdb store at {db.path}: run `actdb ingest SOURCE --store {db.path}` first")
+        raise ActdbError(missing_store_message(db.path))
     return db
 
 
@@ -24,17 +26,19 @@ class Database(Store):
     # -- query: indexes, nearest images, nearest classes --------------------------------------
 
     def build_index(self, model: str | None = None, layer: str | None = None, reduce: str = "mean",
-                    metric: str = "l2", kind: str = "auto", recall_target: float = 0.95,
+                    metric: str = "l2", kind: str = "auto", recall: float = 0.95,
                     weights: str | None = None, rebuild: bool = False) -> dict:
-        """Build or update the FAISS index and class centroids of an array; returns the build report."""
+        """Build or update the FAISS index and class centroids of an array; returns the build report.
+        `recall`: the recall@10 an approximate index must reach (the CLI's --recall)."""
         from .query import api
 
-        return api.build(self, model, layer, reduce, metric, kind, recall_target, weights, rebuild)
+        return api.build(self, model, layer, reduce, metric, kind, recall, weights, rebuild)
 
     def neighbors(self, queries, model: str | None = None, layer: str | None = None, k: int = 10,
                   where: str | None = None, reduce: str = "mean", metric: str = "l2",
                   weights: str | None = None) -> pd.DataFrame:
-        """Nearest stored images of each query (file path, `id:N`, `.npy`); `where` filters by catalog columns."""
+        """Nearest stored images of each query (file path, `id:N`, `.npy`, NumPy vectors); `where` filters by
+        catalog columns."""
         from .query import api
 
         return api.neighbors(self, _as_list(queries), model, layer, k, where, reduce, metric, weights)
@@ -48,6 +52,13 @@ class Database(Store):
         return api.classes(self, _as_list(queries), model, layer, by, k, top, class_name, reduce, metric, weights)
 
     # -- integrity: check and repair -----------------------------------------------------------
+
+    def check(self, repair: bool = False) -> dict:
+        """Verify every done row's chunk, the arrays' shapes and the index files; `repair` unmarks
+        damaged rows (the same ingest then recomputes exactly them) and drops broken index records."""
+        from .store import integrity
+
+        return integrity.check(self, repair)
 
 
     # -- optimize: activation maximization ------------------------------------------------------
@@ -82,5 +93,10 @@ class Database(Store):
 
 
 
-def _as_list(queries) -> list[str]:
-    return [str(queries)] if isinstance(queries, (str, Path)) else [str(q) for q in queries]
+def _as_list(queries) -> list:
+    """Query texts (file, `id:N`, ...) or NumPy vectors: one, a list, or the rows of a 2-D array."""
+    if isinstance(queries, np.ndarray):
+        return list(np.atleast_2d(queries))
+    if isinstance(queries, (str, Path)):
+        return [str(queries)]
+    return [q if isinstance(q, np.ndarray) else str(q) for q in queries]

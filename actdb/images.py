@@ -42,6 +42,9 @@ def pixels_of_file(path: str, size: int, resize_mode: str) -> np.ndarray:
     """One file through exactly the ingest decode and resize."""
     try:
         image = decode(tf.io.read_file(path))
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
-        raise ActdbError(f"cannot read image {path}: {str(exc).splitlines()[-1][:100]}") from None
+    except tf.errors.NotFoundError:
+        raise ActdbError(f"cannot read image {path}: no such file") from None
+    except tf.errors.InvalidArgumentError:
+        raise ActdbError(f"cannot read image {path}: not a JPEG, PNG, GIF, BMP or WebP image, or the file is corrupt "
+                         "or truncated") from None
     return resize(image, size, resize_mode).numpy()

@@ -22,14 +22,17 @@ class Prediction:
 
 
 def predict(queries: list[str], model_names: list[str], top: int = 5, resize: str = "center-crop",
-            weights: str = "imagenet") -> tuple[list[Prediction], dict[str, str]]:
-    """Predictions for every (query, model), and a one-line reason per model that could not answer."""
+            weights: str = "imagenet", db=None) -> tuple[list[Prediction], dict[str, str]]:
+    """Predictions for every (query, model), and a one-line reason per model that could not answer.
+    A query is an image file, or `id:N` of an image in the store `db`."""
     from .images import pixels_of_file
     from .models import load_model
     from .models.forward import classify
+    from .resolve import image_file
 
     if not 1 <= top <= 1000:
         raise ActdbError("--top must be between 1 and 1000")
+    files = [image_file(q, db) for q in queries]
     rows, unavailable = [], {}
     for name in model_names:
         try:
@@ -37,7 +40,7 @@ def predict(queries: list[str], model_names: list[str], top: int = 5, resize: st
         except ActdbError as exc:
             unavailable[name] = str(exc)
             continue
-        pixels = np.stack([pixels_of_file(q, loaded.input_size, resize) for q in queries])
+        pixels = np.stack([pixels_of_file(f, loaded.input_size, resize) for f in files])
         indices, probs = classify(loaded, pixels, top)
         for query, index_row, prob_row in zip(queries, indices, probs):
             for rank, (index, prob) in enumerate(zip(index_row, prob_row), start=1):

@@ -25,15 +25,20 @@ class Queries:
     image_ids: list[int | None]  # the stored image a query is, if it is one
 
 
-def resolve(db, array: pd.Series, queries: list[str]) -> Queries:
-    """Vectors for every QUERY, files batched through one model load."""
-    if not queries:
+def resolve(db, array: pd.Series, queries: list) -> Queries:
+    """Vectors for every QUERY, files batched through one model load. From Python a query may
+    also be a NumPy vector; it is named `vector:POSITION` in the results."""
+    if not len(queries):
         raise ActdbError("give at least one QUERY: an image file, id:N, optimized:NAME or a .npy vector")
+    queries = list(queries)
     vectors: list[np.ndarray | None] = [None] * len(queries)
     image_ids: list[int | None] = [None] * len(queries)
     files = []
     for position, text in enumerate(queries):
-        if text.startswith("id:"):
+        if isinstance(text, np.ndarray):
+            vectors[position] = _checked_vector(text, int(array.channels), f"vector {position}")
+            queries[position] = f"vector:{position}"
+        elif text.startswith("id:"):
             image_ids[position] = _parse_id(text)
             vectors[position] = _stored_row(db, array, image_ids[position])
         elif text.startswith("optimized:"):
@@ -66,10 +71,35 @@ def _stored_row(db, array: pd.Series, image_id: int) -> np.ndarray:
     done = db.sql("SELECT count(*) AS n FROM done WHERE array_id = ? AND image_id = ?",
                   [int(array.array_id), image_id]).n[0]
     if not done:
-        exists = db.sql("SELECT count(*) AS n FROM images WHERE id = ?", [image_id]).n[0]
-        what = "has no row in this array yet: ingest it" if exists else "is not in the store"
-        raise ActdbError(f"image id:{image_id} {what}")
+        raise ActdbError(f"image id:{image_id} {_why_not_stored(db, image_id)}")
     return arrays.read_rows(arrays.open_array(db.path, array.zarr_path), np.array([image_id]))[0]
+
+
+def _why_not_stored(db, image_id: int) -> str:
+    failed = db.sql("SELECT path, reason FROM errors WHERE image_id = ? ORDER BY logged_at DESC LIMIT 1", [image_id])
+    if not failed.empty:
+        return f"failed to ingest ({failed.path[0]}: {failed.reason[0]}), so it has no stored rows"
+    if db.sql("SELECT count(*) AS n FROM images WHERE id = ?", [image_id]).n[0]:
+        return "has no row in this array yet: ingest its source with this model and layer"
+    return "is not in the store"
+
+
+def image_file(text: str, db=None) -> str:
+    """A QUERY as an image file, for commands that run a model on pixels (predict): a file is
+    itself, `id:N` the stored image's file (then `db`, the store, is needed)."""
+    if text.startswith("id:"):
+        image_id = _parse_id(text)
+        if db is None:
+            raise ActdbError(f"{text} names a stored image: give the store (actdb --store PATH, or $ACTDB_STORE)")
+        found = db.sql("SELECT path FROM images WHERE id = ?", [image_id])
+        if found.empty:
+            raise ActdbError(f"image {text} is not in the store {db.path}")
+        text = found.path[0]
+    elif text.endswith(".npy"):
+        raise ActdbError(f"{text}: a vector has no pixels to classify; give an image file or id:N")
+    if not Path(text).is_file():
+        raise ActdbError(f"cannot read image {text}: no such file (a query here is an image file or id:N)")
+    return text
 
 
 def _stored_id_of_file(db, array: pd.Series, path: str) -> int | None:
@@ -82,11 +112,22 @@ def _stored_id_of_file(db, array: pd.Series, path: str) -> int | None:
 def _npy_vector(path: str, channels: int) -> np.ndarray:
     try:
         vector = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ActdbError(f"cannot read {path}: {exc}") from None
-    vector = np.squeeze(vector)
+    except FileNotFoundError:
+        raise ActdbError(f"query {path}: no such file") from None
+    except (OSError, ValueError):
+        raise ActdbError(f"{path} is not a NumPy .npy file holding a vector (write one with numpy.save)") from None
+    return _checked_vector(vector, channels, path)
+
+
+def _checked_vector(vector: np.ndarray, channels: int, name: str) -> np.ndarray:
+    """A query vector: numbers, this array's width, all finite."""
+    if not (np.issubdtype(vector.dtype, np.number) or vector.dtype == bool):
+        raise ActdbError(f"{name} holds {vector.dtype} values; a query vector holds numbers")
+    vector = np.squeeze(vector).astype(np.float32)
     if vector.shape != (channels,):
-        raise ActdbError(f"{path} holds shape {vector.shape}; this array's vectors have {channels} values")
+        raise ActdbError(f"{name} holds shape {vector.shape}; this array's vectors have {channels} values")
+    if not np.isfinite(vector).all():
+        raise ActdbError(f"{name} holds NaN or infinite values; a query vector must be finite")
     return vector
 
 

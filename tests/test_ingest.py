@@ -218,7 +218,7 @@ def test_info_reports_what_is_stored(tmp_path, imagenet_tree, tiny_model_path, r
     assert {a["layer"]: a["channels"] for a in info["arrays"]} == {"conv1": 8, "conv2": 16, "fc": 12}
     assert info["bytes_on_disk"] > 0
     text = run_cli("--store", store, "info").output
-    assert "12 images, 3 classes" in text and "sea_cucumber" in text
+    assert "12 images stored, 3 classes" in text and "sea_cucumber" in text
 
 
 def test_store_is_readable_without_actdb(tmp_path, imagenet_tree, tiny_model_path, run_cli):

@@ -2,20 +2,25 @@
 with the input is checked before the store is touched."""
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import models
-from ..errors import ActdbError
+from ..errors import ActdbError, Terminated
 from ..images import RESIZE_MODES
 from ..models import forward, load_model, weights_digest
 from ..store import arrays
 from ..store.catalog import Catalog
+from ..store.integrity import check_layout
 from ..store.locks import writer_lock
 from . import pipeline, writer
 from .sources import list_images
@@ -25,9 +30,9 @@ DTYPES = ("float32", "float16")
 
 @dataclass
 class IngestOptions:
-    model: str = "vgg19"
+    model: str = "efficientnet_lite0"  # trained ImageNet weights that ship with actdb: works offline
     weights: str = "imagenet"
-    layers: str = "block5_conv4"
+    layers: str = "avg_pool"
     reduce: str = "mean"
     classes: list[str] | None = None
     per_class: int | None = None
@@ -69,6 +74,7 @@ def zarr_path(model: str, weights: str, layer: str, reduce: str) -> str:
 
 def ingest(store: str | Path, source: str | Path, options: IngestOptions, progress: bool = True) -> IngestSummary:
     store = Path(store)
+    check_layout(store)
     _check_choice("resize", options.resize, RESIZE_MODES)
     _check_choice("reduce", options.reduce, forward.REDUCTIONS)
     _check_choice("dtype", options.dtype, DTYPES)
@@ -92,7 +98,8 @@ def ingest(store: str | Path, source: str | Path, options: IngestOptions, progre
         catalog = Catalog(store)
         if not catalog.exists():
             catalog.create()
-        params = {"source": str(source), **asdict(options), "batch_size": batch_size}
+        params = {"source": str(source), **asdict(options), "batch_size": batch_size,
+                  "pid": os.getpid(), "host": socket.gethostname()}  # so a reader can tell a killed run
         run_id = writer.start_run(catalog, params)
         try:
             ids = writer.register_images(catalog, records, str(source), run_id)
@@ -102,7 +109,37 @@ def ingest(store: str | Path, source: str | Path, options: IngestOptions, progre
             writer.finish_run(catalog, run_id, "failed", 0, 0, 0.0)
             raise
         warm_up.join()
-        return _run(catalog, run_id, ids, records, targets, extractor, model_id, options, progress)
+        with _sigterm_as_interrupt():
+            summary = _run(catalog, run_id, ids, records, targets, extractor, model_id, options, progress)
+    if summary.ingested == 0 and summary.skipped == 0:
+        raise ActdbError(f"none of the {summary.listed} listed images could be ingested ({_an_error(catalog)}); "
+                         "see `actdb sql \"SELECT path, reason FROM errors\"`")
+    return summary
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`kill`, a scheduler) stops a run like Ctrl-C: what was computed is committed and
+    the run is recorded as interrupted. A second SIGTERM cannot cut that commit short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _an_error(catalog: Catalog) -> str:
+    with catalog.read() as con:
+        row = con.execute("SELECT path, reason FROM errors ORDER BY logged_at DESC LIMIT 1").fetchone()
+    return f"e.g. {row[0]}: {row[1]}" if row else "no file could be read"
 
 
 def _register_model(catalog: Catalog, loaded: models.LoadedModel) -> int:
@@ -234,7 +271,9 @@ def _run(catalog, run_id, ids, records, targets, extractor, model_id, options, p
         store_writer.close()
         seconds = time.monotonic() - start
         skipped = len(ids) - len(todo) - previously_failed
-        writer.finish_run(catalog, run_id, status, len(todo), skipped, seconds)
+        if status == "done" and store_writer.ingested == 0 and skipped == 0:
+            status = "failed"  # every listed file failed: nothing at all was ingested
+        writer.finish_run(catalog, run_id, status, len(todo), skipped, seconds, previously_failed)
     return IngestSummary(run_id, len(ids), store_writer.ingested, skipped, store_writer.failed + previously_failed,
                          seconds, [t.layer for t in targets])
 

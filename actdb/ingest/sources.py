@@ -155,11 +155,18 @@ def _scan_top(root: Path) -> tuple[dict[str, str], list[str]]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir():
+            if _is_dir(entry):
                 folders[entry.name] = entry.path
             elif _is_image_name(entry.name) and entry.is_file():
                 loose.append(entry.path)
     return folders, loose
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as e:  # a symlink loop, a dead network mount
+        raise ActdbError(f"cannot read {entry.path}: {e.strerror}; remove it or point at another folder") from None
 
 
 def _read_folder(root: Path, select: Select) -> tuple[str, Groups]:

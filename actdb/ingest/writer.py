@@ -54,7 +54,9 @@ def register_images(catalog: Catalog, records: list[ImageRecord], source: str, r
 
 
 def start_run(catalog: Catalog, params: dict) -> int:
+    """A new run; runs still `running` were killed, since the caller holds the writer lock."""
     with catalog.write() as con:
+        con.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'")
         run_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchone()[0]
         con.execute(
             "INSERT INTO runs (id, started, status, params) VALUES (?, current_timestamp, 'running', ?)",
@@ -63,13 +65,16 @@ def start_run(catalog: Catalog, params: dict) -> int:
     return int(run_id)
 
 
-def finish_run(catalog: Catalog, run_id: int, status: str, planned: int, skipped: int, seconds: float) -> None:
+def finish_run(catalog: Catalog, run_id: int, status: str, planned: int, skipped: int, seconds: float,
+               previously_failed: int = 0) -> None:
+    """`previously_failed`: listed images that failed in an earlier run (not retried), counted as
+    failed here too, as the run's summary does."""
     with catalog.write() as con:
         con.execute(
             """UPDATE runs SET finished = current_timestamp, status = ?, planned = ?, skipped = ?, seconds = ?,
-                      images_per_s = CASE WHEN ? > 0 THEN ingested / ? END
+                      images_per_s = CASE WHEN ? > 0 THEN ingested / ? END, failed = failed + ?
                WHERE id = ?""",
-            [status, planned, skipped, seconds, seconds, seconds, run_id],
+            [status, planned, skipped, seconds, seconds, seconds, previously_failed, run_id],
         )
 
 

@@ -16,13 +16,12 @@ import pandas as pd
 
 from ..errors import ActdbError
 from ..store import arrays
+from ..store.catalog import INDEX_DIR
 from ..store.locks import writer_lock
 from . import classes as class_ranking
 from . import index as faiss_index
 from .metrics import check_metric
 from ..resolve import resolve
-
-INDEX_DIR = "indexes"
 
 
 def memory_budget_bytes() -> int:
@@ -149,11 +148,17 @@ def _index_hint(array, metric: str) -> str:
     return f"actdb index --model {array.model} --layer {array.layer} --metric {metric}"
 
 
+def _missing_index(message: str, array, metric: str) -> ActdbError:
+    """The error with the call that fixes it: db.build_index(...) in a notebook, `actdb index` on the CLI."""
+    call = f"db.build_index({array.model!r}, {array.layer!r}, metric={metric!r})"
+    return ActdbError(f"{message}: run {call}", f"{message}: run `{_index_hint(array, metric)}`")
+
+
 def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
     """The array's index record, and a warning if rows were ingested since it was built."""
     row = _index_row(db, array, metric)
     if row is None:
-        raise ActdbError(f"no {metric} index for {array.model}/{array.layer} yet: run `{_index_hint(array, metric)}`")
+        raise _missing_index(f"no {metric} index for {array.model}/{array.layer} yet", array, metric)
     behind = int(array.rows_done) - int(row.n_rows)
     warnings = []
     if behind > 0:
@@ -167,7 +172,7 @@ def _open_index(db, array, metric: str) -> tuple[faiss.Index, list[str]]:
     row, warnings = _checked_index_row(db, array, metric)
     path = db.path / INDEX_DIR / row.file
     if not path.is_file():
-        raise ActdbError(f"the index file {path} is missing: run `{_index_hint(array, metric)}`")
+        raise _missing_index(f"the index file {path} is missing", array, metric)
     index = faiss_index.load_index(path)
     faiss_index.apply_search_params(index, json.loads(row.params) if row.params else {})
     return index, warnings
@@ -209,15 +214,19 @@ def classes(db, queries: list[str], model: str, layer: str, by: str = "centroid"
     if by not in class_ranking.BY:
         raise ActdbError(f"unknown --by {by!r}: use one of {', '.join(class_ranking.BY)}")
     array = db.find_array(model, layer, reduce, weights)
+    labels = _labels_by_id(db)
+    if not pd.notna(labels).any():
+        raise ActdbError("this store has no classes: none of its images has a label (ingest class folders, or a "
+                         "list with a label column, to rank classes); nearest images still work")
     warnings: list[str] = []
     resolved = resolve(db, array, queries)
     query_ids = np.array([-1 if i is None else i for i in resolved.image_ids], np.int64)
     if by == "centroid":
         _, warnings = _checked_index_row(db, array, metric)  # centroids are refreshed with the index
-        ranked = class_ranking.rank_classes(resolved.vectors, by, metric, centroids=_centroids(db, array, metric))
+        ranked = class_ranking.rank_classes(resolved.vectors, by, metric, centroids=_centroids(db, array, metric),
+                                            query_ids=query_ids, labels_of=lambda ids: labels[ids])
     elif by == "knn":
         index, warnings = _open_index(db, array, metric)
-        labels = _labels_by_id(db)
         ranked = class_ranking.rank_classes(resolved.vectors, by, metric, index=index, k=k,
                                             labels_of=lambda ids: labels[ids], query_ids=query_ids)
     else:
@@ -247,8 +256,7 @@ def _read_centroids(db, array, metric: str) -> class_ranking.ClassCentroids:
             f"SELECT label, members, centroid::FLOAT[{int(array.channels)}] AS centroid FROM class_centroids "
             "WHERE array_id = ? AND metric = ? ORDER BY label", [int(array.array_id), metric]).fetchnumpy()
     if len(rows["label"]) == 0:
-        raise ActdbError(f"no class centroids for {array.model}/{array.layer} ({metric}) yet: run "
-                         f"`{_index_hint(array, metric)}`")
+        raise _missing_index(f"no class centroids for {array.model}/{array.layer} ({metric}) yet", array, metric)
     centroids = np.stack(rows["centroid"]).astype(np.float64)
     return class_ranking.ClassCentroids(np.asarray(rows["label"], dtype=object), centroids,
                                         np.asarray(rows["members"]), metric)

@@ -11,8 +11,8 @@ its activation magnitude; the distance to it is the metric's distance to that me
 (which the transform re-normalises). For l2 it is the plain mean of the rows.
 
 A query that is itself a stored row would be its own nearest neighbour and its class's
-minimum (distance 0); pass its id in `query_ids` to leave it out of `knn` and of the
-member statistics. Class means keep it (one member among many).
+minimum (distance 0); pass its id in `query_ids` to leave it out of every ranking: of
+`knn`, of the member statistics, and of its class's mean (which then needs `labels_of`).
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ def class_centroids(blocks: LabelledBlocks, metric: str = "l2") -> ClassCentroid
         for label, members in _members_by_label(labels):
             sums[label] = sums.get(label, 0.0) + rows[members].sum(axis=0, dtype=np.float64)
             counts[label] = counts.get(label, 0) + len(members)
-    if not sums:
-        raise ActdbError("no stored rows with a label; ingest images before ranking classes")
+    if not sums:  # an unlabelled store has no classes; its index still serves nearest images
+        return ClassCentroids(np.array([], dtype=object), np.zeros((0, 0)), np.zeros(0, np.int64), metric)
     labels = sorted(sums)
     totals = np.array([counts[label] for label in labels])
     means = np.stack([sums[label] for label in labels]) / totals[:, None]
@@ -92,7 +92,8 @@ def rank_classes(
         raise ActdbError(f"unknown class ranking {by!r}; use one of {', '.join(BY)}")
     prepared = prepare_queries(queries, metric)
     if by == "centroid":
-        return _rank_by_centroid(prepared, _required(centroids, "centroids", by), metric)
+        own = _own_labels(query_ids, labels_of)
+        return _rank_by_centroid(prepared, _required(centroids, "centroids", by), metric, own)
     if by == "knn":
         neighbours = _neighbours(queries, _required(index, "index", by), metric, k, query_ids)
         return _rank_by_neighbours(neighbours, _required(labels_of, "labels_of", by))
@@ -128,7 +129,22 @@ def _ranked(frame: pd.DataFrame, score: str, ascending: bool, tie_break: str) ->
     return frame.reset_index(drop=True)
 
 
-def _rank_by_centroid(prepared: np.ndarray, centroids: ClassCentroids, metric: str) -> pd.DataFrame:
+def _own_labels(query_ids, labels_of) -> list:
+    """The class of each query that is a stored row (None for the others)."""
+    if query_ids is None:
+        return []
+    query_ids = np.asarray(query_ids)
+    stored = query_ids >= 0
+    if stored.any() and labels_of is None:
+        raise ActdbError("leaving stored queries out of their class means needs labels_of")
+    own = [None] * len(query_ids)
+    if stored.any():
+        for position, label in zip(np.flatnonzero(stored), labels_of(query_ids[stored])):
+            own[position] = label
+    return own
+
+
+def _rank_by_centroid(prepared: np.ndarray, centroids: ClassCentroids, metric: str, own_labels: list) -> pd.DataFrame:
     if centroids.metric != metric:
         raise ActdbError(f"class centroids were computed for {centroids.metric}, not {metric}; recompute them")
     if prepared.shape[1] != centroids.centroids.shape[1]:
@@ -137,13 +153,26 @@ def _rank_by_centroid(prepared: np.ndarray, centroids: ClassCentroids, metric: s
         )
     distances = pairwise_distances(prepared, prepare_vectors(centroids.centroids, metric), metric)
     n_queries, n_classes = distances.shape
+    members = np.tile(centroids.counts, (n_queries, 1)).astype(np.int64)
+    for query, label in enumerate(own_labels):
+        if label is None or label not in centroids.labels:
+            continue
+        c = int(np.searchsorted(centroids.labels, label))
+        n = int(centroids.counts[c])
+        members[query, c] = n - 1
+        if n == 1:  # its class has no other member
+            distances[query, c] = np.nan
+            continue
+        others = (n * centroids.centroids[c] - prepared[query].astype(np.float64)) / (n - 1)
+        distances[query, c] = pairwise_distances(prepared[query : query + 1], prepare_vectors(others[None], metric),
+                                                 metric)[0, 0]
     frame = pd.DataFrame({
         "query": np.repeat(np.arange(n_queries), n_classes),
         "class": np.tile(centroids.labels, n_queries),
         "distance": distances.ravel(),
-        "n_members": np.tile(centroids.counts, n_queries),
+        "n_members": members.ravel(),
     })
-    return _ranked(frame, "distance", ascending=True, tie_break="class")
+    return _ranked(frame.dropna(subset=["distance"]), "distance", ascending=True, tie_break="class")
 
 
 def _neighbours(queries, index, metric, k, query_ids):

@@ -64,7 +64,7 @@ def prepare_queries(queries: np.ndarray, metric: str) -> np.ndarray:
     missing = ~np.isfinite(rows).all(axis=1)
     if missing.any():
         raise ActdbError(
-            f"query {int(np.argmax(missing))} has missing values (NaN/inf); query with an image that was stored"
+            f"query {int(np.argmax(missing))} has missing values (NaN/inf); a query vector must be finite"
         )
     prepared = prepare_vectors(rows, metric)
     if metric != "l2":

@@ -13,6 +13,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from ..errors import ActdbError
+
 ZARR_DIR = "activations.zarr"
 TARGET_CHUNK_BYTES = 1 << 20  # the zarr docs' rule of thumb: chunks of at least 1 MB
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 256, 4096  # powers of two, so 4096-id work shards align with every array
@@ -42,8 +44,17 @@ def create(store: Path, zarr_path: str, n_rows: int, channels: int, dtype: str, 
     )
 
 
+class MissingArray(ActdbError):
+    """An array the catalog lists is gone from activations.zarr."""
+
+
 def open_array(store: Path, zarr_path: str, mode: str = "r") -> zarr.Array:
-    return root(store, mode)[zarr_path]
+    try:
+        return root(store, mode)[zarr_path]
+    except (KeyError, FileNotFoundError):
+        raise MissingArray(f"array {zarr_path}, listed in the catalog, is missing from {Path(store) / ZARR_DIR}: run "
+                           "`actdb check --repair` (db.check(repair=True)) to drop it, then the same ingest again "
+                           "to recompute it") from None
 
 
 def grow(array: zarr.Array, n_rows: int) -> None:
@@ -76,8 +87,42 @@ def write_rows(array: zarr.Array, ids: np.ndarray, values: np.ndarray) -> None:
         array[start:stop] = block
 
 
+class DamagedChunk(ActdbError):
+    """A chunk holding rows the catalog marks done is missing or cannot be decoded."""
+
+    def __init__(self, array: zarr.Array, chunk: int, what: str):
+        self.array_path, self.chunk, self.missing = array.path, chunk, what == "is missing"
+        first = chunk * array.chunks[0]
+        super().__init__(
+            f"array {array.path}: chunk {chunk_key(array, chunk)} (image ids {first}-{first + array.chunks[0] - 1}) "
+            f"{what}; its rows are not served as data: run `actdb check --repair` (db.check(repair=True)), "
+            "then the same ingest again to recompute them"
+        )
+
+
+def chunk_key(array: zarr.Array, chunk: int) -> str:
+    return array.metadata.encode_chunk_key((chunk, 0))
+
+
+def chunk_file(array: zarr.Array, chunk: int) -> Path:
+    """Where a chunk of an array in a local store lives (absent until first written)."""
+    return Path(array.store.root) / array.path / chunk_key(array, chunk)
+
+
+def read_done_chunk(array: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of one chunk whose rows the catalog marks done. Zarr reads a missing
+    chunk as its NaN fill value: here that is an error, never data."""
+    chunk = start // array.chunks[0]
+    if not chunk_file(array, chunk).is_file():
+        raise DamagedChunk(array, chunk, "is missing")
+    try:
+        return array[start:stop]
+    except (RuntimeError, ValueError, OSError, TypeError) as exc:
+        raise DamagedChunk(array, chunk, f"cannot be decoded ({type(exc).__name__}: {str(exc)[:60]})") from None
+
+
 def read_rows(array: zarr.Array, ids: np.ndarray) -> np.ndarray:
-    """Rows `ids` in the given order, reading each touched chunk once."""
+    """Rows `ids` (all done) in the given order, reading each touched chunk once."""
     ids = np.asarray(ids, dtype=np.int64)
     order = np.argsort(ids, kind="stable")
     out = np.empty((len(ids), array.shape[1]), dtype=np.float32)
@@ -85,7 +130,7 @@ def read_rows(array: zarr.Array, ids: np.ndarray) -> np.ndarray:
     offset = 0
     for start, part in chunk_groups(sorted_ids, array.chunks[0]):
         stop = int(part[-1]) + 1
-        block = array[start:stop]
+        block = read_done_chunk(array, start, stop)
         out[order[offset : offset + len(part)]] = block[part - start]
         offset += len(part)
     return out

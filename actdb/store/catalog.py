@@ -15,6 +15,7 @@ from ..errors import ActdbError
 from .locks import catalog_lock
 
 CATALOG_FILE = "catalog.duckdb"
+INDEX_DIR = "indexes"  # index files, named by indexes.file
 SCHEMA_VERSION = "1"
 
 SCHEMA = """
@@ -59,7 +60,7 @@ CREATE TABLE runs (
     id INTEGER PRIMARY KEY,
     started TIMESTAMP NOT NULL,
     finished TIMESTAMP,
-    status VARCHAR NOT NULL,       -- running | done | failed (a killed run stays 'running')
+    status VARCHAR NOT NULL,       -- running | done | failed | interrupted | killed (found dead by a later writer)
     params JSON,
     planned BIGINT,
     ingested BIGINT DEFAULT 0,
@@ -107,6 +108,11 @@ CREATE VIEW array_list AS
 
 _LOCK_RETRY_SECONDS = 10.0
 
+# Every read session, the user's SQL among them, reaches only the catalog's own tables: no
+# files, URLs or extensions, and the SQL cannot switch that back on (DuckDB, "Securing DuckDB").
+LOCKED_DOWN = {"enable_external_access": False, "autoload_known_extensions": False,
+               "autoinstall_known_extensions": False, "lock_configuration": True}
+
 
 class Catalog:
     """Short read-only or read-write sessions on `STORE/catalog.duckdb`."""
@@ -151,9 +157,9 @@ class Catalog:
     @contextmanager
     def read(self):
         if not self.exists():
-            raise ActdbError(f"no actdb store at {self.store}: run `actdb ingest` first or pass --store")
+            raise ActdbError(missing_store_message(self.store))
         with catalog_lock(self.store, exclusive=False):
-            con = _connect(self.path, read_only=True)
+            con = _connect(self.path, read_only=True, config=LOCKED_DOWN)
             try:
                 yield con
             finally:
@@ -176,13 +182,25 @@ class Catalog:
                 con.close()
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def missing_store_message(store: Path) -> str:
+    from .arrays import ZARR_DIR
+
+    if (Path(store) / ZARR_DIR).exists():
+        return (f"{store} holds {ZARR_DIR} but no {CATALOG_FILE}, which says what its rows are: restore the "
+                f"catalog from a backup, or move {ZARR_DIR} away to start a new store")
+    return f"no actdb store at {store}: run `actdb --store {store} ingest SOURCE` first"
+
+
+def _connect(path: Path, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
     """Connect, waiting a little if a non-actdb program (a duckdb shell) holds the file."""
     deadline = time.monotonic() + _LOCK_RETRY_SECONDS
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only, config={"threads": 2})
+            return duckdb.connect(str(path), read_only=read_only, config={"threads": 2, **(config or {})})
         except duckdb.IOException as exc:
+            if "not a valid duckdb database" in str(exc).lower():
+                raise ActdbError(f"the catalog {path} is not a DuckDB database (corrupt, or overwritten by another "
+                                 "file): restore it from a backup") from None
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise ActdbError(
                     f"cannot open the catalog {path}: another program holds it ({str(exc).splitlines()[0][:120]}); "

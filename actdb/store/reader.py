@@ -3,6 +3,7 @@ notebook API (`actdb.Database`) adds the feature methods on top of it."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import duckdb
@@ -19,7 +20,7 @@ READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 def store_path(path: str | Path | None) -> Path:
     path = path or os.environ.get("ACTDB_STORE")
     if not path:
-        raise ActdbError("no store given: pass --store PATH or set ACTDB_STORE")
+        raise ActdbError("no store given: name one (actdb --store PATH, or actdb.open(PATH)) or set ACTDB_STORE")
     return Path(path)
 
 
@@ -29,6 +30,12 @@ class Store:
         self.catalog = Catalog(self.path)
         self._memo: dict = {}
         self._memo_stamp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Nothing stays open between calls (each opens a short catalog session); `with` for symmetry."""
 
     def memoized(self, key, compute):
         """`compute()` once per catalog state. Opening the catalog costs ~25 ms; a stat of its
@@ -56,9 +63,14 @@ class Store:
             kind = statement.type.name
             if kind not in READ_ONLY_STATEMENTS:
                 raise ActdbError(f"actdb sql is read-only: {kind} statements are refused (use SELECT)")
+        if len(statements) > 1:
+            raise ActdbError(f"give one statement at a time ({len(statements)} given)")
         with self.catalog.read() as con:
             try:
                 return con.execute(query, params or []).df()
+            except duckdb.PermissionException:
+                raise ActdbError("SQL here reaches only the catalog's tables and views: files, URLs and "
+                                 "extensions are refused") from None
             except duckdb.Error as exc:
                 raise ActdbError(f"SQL error: {str(exc).splitlines()[0]}") from None
 
@@ -77,16 +89,19 @@ class Store:
         """The one stored array that fits; model and layer may be left out when only one fits."""
         table = self.arrays()
         match = table[table.reduce == reduce]
-        for column, value in (("model", model), ("layer", layer), ("weights", weights)):
+        for column, value in (("model", model), ("layer", layer), ("weights", stored_weights(weights))):
             if value is not None:
                 match = match[match[column] == value]
-        have = ", ".join(f"--model {r.model} --layer {r.layer} (reduce {r.reduce}, weights {r.weights})"
-                         for r in table.itertuples()) or "none yet"
-        wanted = f"{model or '?'}/{layer or '?'}/{reduce}"
+        wanted = f"{model or '?'}/{layer or '?'}/{reduce}" + (f" ({weights} weights)" if weights else "")
         if match.empty:
-            raise ActdbError(f"no stored array {wanted} in {self.path}; stored arrays: {have}")
+            choices = _choices(table, ["model", "layer", "reduce", "weights"])
+            raise ActdbError(f"no stored array {wanted} in {self.path}; stored arrays: {choices[0]}",
+                             f"no stored array {wanted} in {self.path}; stored arrays: {choices[1]}")
         if len(match) > 1:
-            raise ActdbError(f"several stored arrays fit {wanted}: name one of {have}")
+            differing = [c for c in ("model", "layer", "reduce", "weights") if match[c].nunique() > 1]
+            choices = _choices(match, ["model", "layer", *differing])
+            raise ActdbError(f"several stored arrays fit {wanted}: name one of {choices[0]}",
+                             f"several stored arrays fit {wanted}: name one of {choices[1]}")
         return match.iloc[0]
 
     def done_ids(self, array_id: int, classes: list[str] | None = None) -> np.ndarray:
@@ -105,6 +120,7 @@ class Store:
         Without `ids`: every image done for this array (optionally only `classes`), in id order.
         """
         info = self.find_array(model, layer, reduce, weights)
+        classes = self._known_classes(classes)
         done = self.done_ids(info.array_id, classes)
         if ids is None:
             ids = done
@@ -117,19 +133,35 @@ class Store:
         values = arrays.read_rows(arrays.open_array(self.path, info.zarr_path), ids)
         return (ids, values) if return_ids else values
 
+    def _known_classes(self, classes: str | list[str] | None) -> list[str] | None:
+        """A class (label or wnid) or a list of them; one that no image has is an error, not an empty result."""
+        if classes is None:
+            return None
+        classes = [classes] if isinstance(classes, str) else list(classes)
+        known = self.sql("SELECT DISTINCT label AS c FROM images WHERE label IS NOT NULL UNION "
+                         "SELECT DISTINCT wnid FROM images WHERE wnid IS NOT NULL", memoize=True).c
+        unknown = sorted(set(classes) - set(known))
+        if unknown:
+            sample = ", ".join(sorted(known)[:8]) or "none: no image has a label"
+            raise ActdbError(f"no stored image has class {', '.join(map(repr, unknown))}; classes: {sample}")
+        return classes
+
     def info(self) -> dict:
         """What is stored: counts, models, arrays, classes, errors, size on disk."""
         with self.catalog.read() as con:
             def scalar(q):
                 return con.execute(q).fetchone()[0]
 
+            stored = "id IN (SELECT image_id FROM done)"  # images with a row in some array
             summary = {
                 "store": str(self.path),
-                "images": scalar("SELECT count(*) FROM images"),
-                "classes": scalar("SELECT count(DISTINCT label) FROM images WHERE label IS NOT NULL"),
+                "images": scalar(f"SELECT count(*) FROM images WHERE {stored}"),
+                "classes": scalar(f"SELECT count(DISTINCT label) FROM images WHERE label IS NOT NULL AND {stored}"),
+                "failed_images": scalar("SELECT count(DISTINCT coalesce(image_id::VARCHAR, path)) FROM errors"),
                 "errors": scalar("SELECT count(*) FROM errors"),
                 "sources": con.execute(
-                    "SELECT source, split, count(*) AS images FROM images GROUP BY ALL ORDER BY source, split"
+                    f"SELECT source, split, count(*) FILTER ({stored}) AS images, count(*) FILTER (NOT {stored}) "
+                    "AS not_stored FROM images GROUP BY ALL ORDER BY source, split"
                 ).df().to_dict("records"),
                 "models": con.execute(
                     "SELECT name, weights, preprocess, input_size FROM models ORDER BY id"
@@ -139,16 +171,54 @@ class Store:
                     "FROM array_list ORDER BY array_id"
                 ).df().to_dict("records"),
                 "top_classes": con.execute(
-                    "SELECT label, count(*) AS images FROM images WHERE label IS NOT NULL "
+                    f"SELECT label, count(*) AS images FROM images WHERE label IS NOT NULL AND {stored} "
                     "GROUP BY label ORDER BY images DESC, label LIMIT 10"
                 ).df().to_dict("records"),
                 "runs": con.execute(
-                    "SELECT id, status, planned, ingested, skipped, failed, round(images_per_s, 2) AS images_per_s "
-                    "FROM runs ORDER BY id DESC LIMIT 5"
+                    "SELECT id, status, planned, ingested, skipped, failed, round(images_per_s, 2) AS images_per_s, "
+                    "params->>'pid' AS pid, params->>'host' AS host FROM runs ORDER BY id DESC LIMIT 5"
                 ).df().to_dict("records"),
             }
+        for run in summary["runs"]:
+            pid, host = run.pop("pid"), run.pop("host")
+            run["status"] = _shown_status(run["status"], pid, host)
         summary["bytes_on_disk"] = sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
         return summary
+
+
+def _shown_status(status: str, pid, host) -> str:
+    """A `running` run whose process is gone from this machine was killed (SIGKILL, a crash)."""
+    if status != "running" or not pid or host != socket.gethostname():
+        return status
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "killed"
+    except PermissionError:
+        pass  # alive, another user's
+    return status
+
+
+def stored_weights(weights: str | None) -> str | None:
+    """Weights as the user writes them (`random:1`) to the form the catalog stores (`random:seed=1`)."""
+    if weights is None or not (weights == "random" or weights.startswith("random:")):
+        return weights
+    seed = weights.partition(":")[2].removeprefix("seed=") or "0"
+    return f"random:seed={seed}"
+
+
+def _as_given(weights: str) -> str:
+    return weights.replace("random:seed=", "random:")
+
+
+def _choices(table: pd.DataFrame, columns: list[str]) -> tuple[str, str]:
+    """Arrays as keyword arguments and as command-line options, "none yet" when there are none."""
+    api, cli = [], []
+    for row in table.itertuples():
+        values = {c: _as_given(getattr(row, c)) if c == "weights" else getattr(row, c) for c in columns}
+        api.append("(" + ", ".join(f"{c}={v!r}" for c, v in values.items()) + ")")
+        cli.append(" ".join(f"--{c} {v}" for c, v in values.items()))
+    return (" or ".join(api) or "none yet"), (" | ".join(cli) or "none yet")
 
 
 def _class_filter(classes: list[str] | None, prefix: str = "WHERE") -> tuple[str, list]:
