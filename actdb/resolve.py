@@ -18,6 +18,9 @@ from .errors import ActdbError
 from .store import arrays
 
 
+OPTIMIZED_PREFIX = "optimized:"
+
+
 @dataclass
 class Queries:
     texts: list[str]
@@ -36,11 +39,8 @@ def resolve(db, array: pd.Series, queries: list[str]) -> Queries:
         if text.startswith("id:"):
             image_ids[position] = _parse_id(text)
             vectors[position] = _stored_row(db, array, image_ids[position])
-        elif text.startswith("optimized:"):
-            raise ActdbError(
-                f"{text}: optimized images are not in this store yet (they come with `actdb optimize`); "
-                "query with an image file, id:N or a .npy vector"
-            )
+        elif text.startswith(OPTIMIZED_PREFIX):
+            vectors[position] = optimized_vectors(db, array, [optimized_name(db, text)])[0]
         elif text.endswith(".npy"):
             vectors[position] = _npy_vector(text, int(array.channels))
         else:
@@ -77,6 +77,42 @@ def _stored_id_of_file(db, array: pd.Series, path: str) -> int | None:
     found = db.sql("SELECT i.id FROM images i JOIN done d ON d.image_id = i.id AND d.array_id = ? WHERE i.path = ?",
                    [int(array.array_id), str(Path(path).resolve())])
     return None if found.empty else int(found.id[0])
+
+
+def optimized_name(db, text: str) -> str:
+    """`optimized:NAME` -> NAME, if the store holds it."""
+    name = text[len(OPTIMIZED_PREFIX):]
+    known = db.has_table("optimized_images") and not db.sql(
+        "SELECT name FROM optimized_images WHERE name = ?", [name]).empty
+    if not known:
+        raise ActdbError(f"{text}: no optimized image {name!r} in {db.path}; list them with "
+                         "`actdb sql \"SELECT name, model, layer, unit FROM optimized_images\"` or make it with "
+                         "`actdb optimize`")
+    return name
+
+
+def optimized_image_file(db, text: str) -> Path:
+    """The PNG of `optimized:NAME`, for commands that read pixels (predict)."""
+    name = optimized_name(db, text)
+    return db.path / db.sql("SELECT png FROM optimized_images WHERE name = ?", [name]).png[0]
+
+
+def optimized_vectors(db, array: pd.Series, names: list[str]) -> np.ndarray:
+    """Optimized images' vectors in one stored array: each PNG through the array's model exactly
+    as a query file is, computed the first time an array needs it and kept in the catalog."""
+    kept = db.sql("SELECT name, vector FROM optimized_vectors WHERE array_id = ? AND name IN "
+                  "(SELECT unnest(?::VARCHAR[]))", [int(array.array_id), names])
+    found = dict(zip(kept.name, kept.vector))
+    missing = [n for n in names if n not in found]
+    if missing:
+        pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [missing])
+        png_of = dict(zip(pngs.name, pngs.png))
+        computed = file_vectors(db, array, [str(db.path / png_of[n]) for n in missing])
+        with db.catalog.write() as con:
+            con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                            [(n, int(array.array_id), v.tolist()) for n, v in zip(missing, computed)])
+        found.update(zip(missing, computed))
+    return np.stack([np.asarray(found[n], np.float32) for n in names])
 
 
 def _npy_vector(path: str, channels: int) -> np.ndarray:
