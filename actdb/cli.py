@@ -187,9 +187,10 @@ def layers(model, as_json):
 @click.option("--top", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--resize", type=click.Choice(["center-crop", "squash"]), default="center-crop", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.pass_context
 @_needs_tensorflow
-def predict(queries, model_names, weights, top, resize, as_json):
-    """Top ImageNet classes of each QUERY image, per model.
+def predict(ctx, queries, model_names, weights, top, resize, as_json):
+    """Top ImageNet classes of each QUERY image (a file, or optimized:NAME of --store), per model.
 
     \b
     actdb predict photo.jpg --models efficientnet_lite0,vgg19 --top 3
@@ -198,7 +199,8 @@ def predict(queries, model_names, weights, top, resize, as_json):
 
     from .predict import predict as run_predict
 
-    rows, unavailable = run_predict(list(queries), _csv_list(model_names), top=top, resize=resize, weights=weights)
+    rows, unavailable = run_predict(list(queries), _csv_list(model_names), top=top, resize=resize, weights=weights,
+                                    store=ctx.obj["store"])
     for model, reason in unavailable.items():
         click.echo(f"{model}: unavailable: {reason}", err=True)
     frame = pd.DataFrame([r.__dict__ for r in rows])

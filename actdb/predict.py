@@ -8,6 +8,7 @@ import numpy as np
 
 from . import imagenet
 from .errors import ActdbError
+from .resolve import OPTIMIZED_PREFIX, optimized_image_file
 
 
 @dataclass
@@ -22,14 +23,16 @@ class Prediction:
 
 
 def predict(queries: list[str], model_names: list[str], top: int = 5, resize: str = "center-crop",
-            weights: str = "imagenet") -> tuple[list[Prediction], dict[str, str]]:
-    """Predictions for every (query, model), and a one-line reason per model that could not answer."""
+            weights: str = "imagenet", store=None) -> tuple[list[Prediction], dict[str, str]]:
+    """Predictions for every (query, model), and a one-line reason per model that could not answer.
+    A query is an image file, or `optimized:NAME` of `store`."""
     from .images import pixels_of_file
     from .models import load_model
     from .models.forward import classify
 
     if not 1 <= top <= 1000:
         raise ActdbError("--top must be between 1 and 1000")
+    files = [_optimized_file(q, store) if q.startswith(OPTIMIZED_PREFIX) else q for q in queries]
     rows, unavailable = [], {}
     for name in model_names:
         try:
@@ -37,7 +40,7 @@ def predict(queries: list[str], model_names: list[str], top: int = 5, resize: st
         except ActdbError as exc:
             unavailable[name] = str(exc)
             continue
-        pixels = np.stack([pixels_of_file(q, loaded.input_size, resize) for q in queries])
+        pixels = np.stack([pixels_of_file(f, loaded.input_size, resize) for f in files])
         indices, probs = classify(loaded, pixels, top)
         for query, index_row, prob_row in zip(queries, indices, probs):
             for rank, (index, prob) in enumerate(zip(index_row, prob_row), start=1):
@@ -46,3 +49,11 @@ def predict(queries: list[str], model_names: list[str], top: int = 5, resize: st
     if not rows and unavailable:
         raise ActdbError("no model could answer: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
     return rows, unavailable
+
+
+def _optimized_file(query: str, store) -> str:
+    from .store.reader import Store, store_path
+
+    if store is None:
+        raise ActdbError(f"{query}: optimized images live in a store; pass --store PATH (or set ACTDB_STORE)")
+    return str(optimized_image_file(Store(store_path(store)), query))
