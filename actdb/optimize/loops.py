@@ -48,7 +48,7 @@ class Target:
             tensor = model.get_layer(layer).output
         if len(tensor.shape) not in (2, 4):
             raise ActdbError(f"layer {layer} has output shape {tensor.shape}; optimize needs a 2-D or 4-D output")
-        self.cut = keras.Model(model.inputs, tensor)
+        self.cut = keras.Model(model.input, tensor)
         self.channels = int(self.dense_head.units if self.dense_head is not None else tensor.shape[-1])
 
     def __call__(self, model_input):
@@ -92,6 +92,9 @@ class Fourier:
     def pixels(self, state) -> np.ndarray:
         return np.round(self.image.pixels(state[0]).numpy() * 255).astype(np.uint8)
 
+    def start_pixels(self, keys, units) -> np.ndarray:
+        return self.pixels(self.init(keys, units))
+
 
 @dataclass
 class SeedLoop:
@@ -105,12 +108,14 @@ class SeedLoop:
     seed: int
 
     def init(self, keys, units):
-        starts = [self.start_image() for _ in units]
-        return (self.target.preprocess(tf.constant(np.stack(starts).astype(np.float32))),)
+        starts = self.start_pixels(keys, units)
+        return (self.target.preprocess(tf.constant(starts.astype(np.float32))),)
 
-    def start_image(self) -> np.ndarray:
+    def start_pixels(self, keys, units) -> np.ndarray:
+        """The start image, redrawn from the seed for every unit, as when each ran alone."""
         np.random.seed(self.seed)
-        return np.random.randint(low=0, high=255, size=(self.size, self.size, 3), dtype=np.uint8)
+        start = np.random.randint(low=0, high=255, size=(self.size, self.size, 3), dtype=np.uint8)
+        return np.repeat(start[None], len(units), axis=0)
 
     def step(self, state, keys, units, t):
         (image,) = state
@@ -141,6 +146,10 @@ class PatternLoop:
         np.random.seed(self.seed)
         start = np.random.random((1, self.size, self.size, 3)) * 20 + 128.0
         return (tf.constant(np.repeat(start, len(units), axis=0)),)
+
+    def start_pixels(self, keys, units) -> np.ndarray:
+        """The grey noise the loop starts from, as a picture."""
+        return self.init(keys, units)[0].numpy().astype(np.uint8)
 
     def step(self, state, keys, units, t):
         (image,) = state
