@@ -397,8 +397,9 @@ def optimize(ctx, out, sheet, quiet, as_json, **options):
 @click.pass_context
 @_needs_tensorflow
 def demo(ctx, model, views):
-    """Real photos end to end: ingest augmented views, classify, index, query nearest images and classes."""
-    from .demo import DEMO_LAYERS, build_image_set, default_model, held_out_views
+    """Real photos end to end: ingest augmented views, classify, index, query nearest images and classes;
+    then optimized images of EfficientNet-Lite0, classified and placed among the stored classes."""
+    from .demo import DEMO_LAYERS, build_image_set, default_model, held_out_views, optimized_story
 
     model = model or default_model()
     stored_layers, query_layer = DEMO_LAYERS[model]
@@ -417,6 +418,11 @@ def demo(ctx, model, views):
     ctx.invoke(rank_classes, queries=queries, model=model, layer=query_layer, top=2)
     click.echo("== actdb info")
     ctx.invoke(info)
+    click.echo("\n== actdb optimize: the seeds' story in miniature (units of a late layer, one class logit);\n"
+               "   what EfficientNet-Lite0/1/2 call each image, and its nearest class in this store")
+    table, sheet = optimized_story(_db(ctx), model, query_layer, progress=sys.stderr.isatty())
+    click.echo(table.to_string(index=False))
+    click.echo(f"contact sheet: {sheet}")
 
 
 def main() -> None:

@@ -115,6 +115,26 @@ def optimized_vectors(db, array: pd.Series, names: list[str]) -> np.ndarray:
     return np.stack([np.asarray(found[n], np.float32) for n in names])
 
 
+def optimized_vectors_in_every_array(db, names: list[str]) -> None:
+    """Keep new optimized images' vectors for every stored array, one model load per model and
+    settings; an array whose model cannot be loaded here gets them when first queried."""
+    table = db.arrays()
+    if table.empty:
+        return
+    table["batch_size"] = [_ingest_batch_size(db, a) for _, a in table.iterrows()]
+    pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names])
+    paths = [str(db.path / png) for png in pngs.png]
+    for _, group in table.groupby(["model", "weights", "precision", "resize", "reduce", "batch_size"]):
+        try:
+            computed = _files_through_layers(db, group.iloc[0], list(group.layer), paths)
+        except ActdbError:
+            continue
+        with db.catalog.write() as con:
+            con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                            [(name, int(a.array_id), vector.tolist()) for a in group.itertuples()
+                             for name, vector in zip(pngs.name, computed[a.layer])])
+
+
 def _npy_vector(path: str, channels: int) -> np.ndarray:
     try:
         vector = np.load(path, allow_pickle=False)
@@ -128,6 +148,11 @@ def _npy_vector(path: str, channels: int) -> np.ndarray:
 
 def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
     """Image files through the same model and settings as the stored rows."""
+    return _files_through_layers(db, array, [array.layer], paths)[array.layer]
+
+
+def _files_through_layers(db, array: pd.Series, layers: list[str], paths: list[str]) -> dict[str, np.ndarray]:
+    """Files through `array`'s model and settings, at every layer in `layers` (one model load)."""
     from .images import pixels_of_file
     from .models import load_model, weights_digest
     from .models.forward import Extractor
@@ -139,13 +164,13 @@ def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
     if weights_digest(loaded.keras_model) != model.weights_digest:
         raise ActdbError(f"the weights of {model['name']} on this machine differ from those of the stored rows; "
                          "queries would not be comparable")
-    extractor = Extractor(loaded, [array.layer], array.reduce, _ingest_batch_size(db, array))
+    extractor = Extractor(loaded, layers, array.reduce, _ingest_batch_size(db, array))
     rows = []
     for start in range(0, len(paths), extractor.batch_size):
         chunk = paths[start : start + extractor.batch_size]
         pixels = np.stack([pixels_of_file(p, loaded.input_size, array.resize) for p in chunk])
-        rows.append(extractor(pixels)[array.layer])
-    return np.concatenate(rows)
+        rows.append(extractor(pixels))
+    return {layer: np.concatenate([r[layer] for r in rows]) for layer in layers}
 
 
 def _model_argument(model: pd.Series) -> str:

@@ -317,7 +317,7 @@ def _write_folder(out: Path, todo: list[Plan], made) -> None:
 
 
 def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str) -> None:
-    from ..resolve import optimized_vectors
+    from ..resolve import optimized_vectors_in_every_array
 
     store.mkdir(parents=True, exist_ok=True)
     with writer_lock(store, "actdb optimize"):
@@ -346,12 +346,7 @@ def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str) -> No
             con.execute("DELETE FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names])
             con.executemany("INSERT INTO optimized_images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
                             "current_timestamp)", rows)
-    db = Store(store)
-    for array in db.arrays().itertuples():
-        try:
-            optimized_vectors(db, pd.Series(array._asdict()), names)
-        except ActdbError:
-            pass  # e.g. that array's weights are not on this machine: computed when first queried
+    optimized_vectors_in_every_array(Store(store), names)
 
 
 def _rows_of(db: Store, names: list[str]) -> pd.DataFrame:

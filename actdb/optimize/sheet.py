@@ -31,7 +31,7 @@ def contact_sheet(results: pd.DataFrame, image_root: Path, path: Path, title: st
     first = results.iloc[0]
     figure.suptitle(title or f"Optimized images: {first.model} {first.layer}, {first.objective} objective, "
                     f"{first.method} method (final = target on the saved PNG)", fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / figure.get_figheight()))  # room for the title
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
