@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/classes.py
 	$(BIN)/python bench/listing.py
+	$(BIN)/pip install --quiet -e ".[bench]" && $(BIN)/python bench/optimize.py
 
 clean:
 	rm -rf $(VENV) demo-store

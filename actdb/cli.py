@@ -148,7 +148,7 @@ def info(ctx, as_json):
 @click.pass_context
 def sql(ctx, query, as_json, as_csv):
     """Read-only SQL on the catalog (tables: images, models, arrays, runs, done,
-    predictions, errors, imagenet_classes; view: array_list).
+    predictions, errors, imagenet_classes, optimized_images, optimized_vectors; view: array_list).
 
     \b
     actdb sql "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY n DESC"
