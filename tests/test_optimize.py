@@ -237,9 +237,9 @@ def test_optimized_name_is_queried_like_its_png_ingested_as_a_file(store, run_cl
     folder.mkdir()
     shutil.copy(store / "optimized" / "tiny.conv2.u5.fft.s0.png", folder / "u5.png")
     run_cli("--store", store, "ingest", folder, "--model", tiny_model_path, "--preprocess", "caffe",
-            "--layers", "conv2,fc", "-q")
+            "--layers", "conv1,conv2,fc", "-q")  # conv1: an array added after the image was made
     file_id = int(db.sql("SELECT id FROM images WHERE path LIKE '%u5.png'").id[0])
-    for layer in ("conv2", "fc"):
+    for layer in ("conv1", "conv2", "fc"):
         stored = db.activations("tiny", layer, ids=[file_id])[0]
         queried = resolve(db, db.find_array("tiny", layer), ["optimized:tiny.conv2.u5.fft.s0"]).vectors[0]
         np.testing.assert_allclose(queried, stored, rtol=1e-5, atol=1e-6)
