@@ -313,6 +313,7 @@ def headless_model_path(tmp_path_factory):
     (["--layer", "conv2", "--units", "1", "--snapshots", "9", "--steps", "4"], "steps must lie in 1..4"),
     (["--layer", "conv2", "--units", "1", "--sheet", "x.jpg"], "name it FILE.png"),
     (["--model", "HEADLESS", "--objective", "logit", "--class", "1"], "has no classifier"),
+    (["--layer", "conv2", "--units", "1", "--name", "../up"], "use letters, digits and _ . + - only"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run_cli, tmp_path, tiny_model_path, headless_model_path, args,
                                                    message):

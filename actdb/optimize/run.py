@@ -178,6 +178,8 @@ def _plans(o: OptimizeOptions, loaded, layer: str, units: list[int], steps: int,
             else:
                 name = default_name(loaded.name, "logits" if layer == LOGITS else layer, o.objective, unit, o.method,
                                     o.seed, o.negative, o.diversity, index)
+            if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+                raise ActdbError(f"image name {name!r}: use letters, digits and _ . + - only (it becomes a file name)")
             plans.append(Plan(name, unit, index, params))
     return plans
 
@@ -275,9 +277,9 @@ def _kept(store: Path, plans: list[Plan], overwrite: bool, digest: str) -> dict[
         row = stored.get(plan.name)
         if row is None:
             continue
-        same = json.loads(row.params) == plan.params and row.weights_digest == digest and (store / row.png).is_file()
-        if same:
-            kept[plan.name] = row
+        if json.loads(row.params) == plan.params and row.weights_digest == digest:
+            if (store / row.png).is_file():
+                kept[plan.name] = row  # else the PNG was lost: it is made again
         elif not overwrite:
             raise ActdbError(f"optimized image {plan.name!r} exists with other parameters: pass --overwrite to "
                              "replace it, or --name to keep both")
