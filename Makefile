@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/classes.py
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/differentiation.py
+	$(BIN)/pip install --quiet -e ".[bench]" && $(BIN)/python bench/optimize.py
 
 clean:
 	rm -rf $(VENV) demo-store

@@ -159,8 +159,9 @@ def info(ctx, as_json):
 @click.pass_context
 def sql(ctx, query, as_json, as_csv):
     """Read-only SQL on the catalog (tables: images, models, arrays, runs, done,
-    predictions, errors, indexes, class_centroids, imagenet_classes; view: array_list).
-    One statement; it reaches only the catalog (no files, URLs or extensions).
+    predictions, errors, indexes, class_centroids, imagenet_classes, optimized_images,
+    optimized_vectors; view: array_list). One statement; it reaches only the catalog
+    (no files, URLs or extensions).
 
     \b
     actdb sql "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY n DESC"
@@ -204,8 +205,8 @@ def layers(model, as_json):
 @click.pass_context
 @_needs_tensorflow
 def predict(ctx, queries, model_names, weights, top, resize, as_json):
-    """Top ImageNet classes of each QUERY, per model: an image file, or id:N of a stored image
-    (then the store is needed: --store or $ACTDB_STORE).
+    """Top ImageNet classes of each QUERY, per model: an image file, or id:N or optimized:NAME
+    of the store (then the store is needed: --store or $ACTDB_STORE).
 
     \b
     actdb predict photo.jpg --models efficientnet_lite0,vgg19 --top 3
@@ -215,9 +216,9 @@ def predict(ctx, queries, model_names, weights, top, resize, as_json):
 
     from .predict import predict as run_predict
 
-    db = _db(ctx) if ctx.obj["store"] and any(q.startswith("id:") for q in queries) else None
+    needs_store = ctx.obj["store"] and any(q.startswith(("id:", "optimized:")) for q in queries)
     rows, unavailable = run_predict(list(queries), _csv_list(model_names), top=top, resize=resize, weights=weights,
-                                    db=db)
+                                    db=_db(ctx) if needs_store else None)
     for model, reason in unavailable.items():
         click.echo(f"{model}: unavailable: {reason}", err=True)
     frame = pd.DataFrame([r.__dict__ for r in rows])
@@ -379,7 +380,57 @@ def check(ctx, repair, as_json):
 
 
 # ---- optimize: activation maximization ----------------------------------------------------
-# (actdb optimize)
+
+@cli.command()
+@click.option("--model", default="efficientnet_lite0", show_default=True, help="Model name or PATH.keras.")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | random[:SEED] | PATH.")
+@click.option("--preprocess", type=click.Choice(["caffe", "tf", "torch", "lite", "none"]),
+              help="Pixel scaling, for PATH.keras models.")
+@click.option("--layer", help="Layer whose unit is optimized (not with --objective logit).")
+@click.option("--units", help="Units: 4, a list 4,17,300 or ranges 0-63; one image each (x --diversity).")
+@click.option("--objective", type=click.Choice(["channel", "neuron", "logit"]), default="channel", show_default=True,
+              help="channel: the unit's spatial mean; neuron: its centre position; logit: a class's pre-softmax score.")
+@click.option("--class", "class_name", help="For --objective logit: class name(s), wnid(s) or index(es).")
+@click.option("--negative", is_flag=True, help="Minimize instead: the image that suppresses the unit.")
+@click.option("--method", type=click.Choice(["fft", "seed", "pattern"]), default="fft", show_default=True,
+              help="fft: lucid-style; seed: the seeds' loop (000/002); pattern: 003's generate_pattern.")
+@click.option("--steps", type=int, help="Default: fft 256, seed 100, pattern 40.")
+@click.option("--lr", type=float, help="Learning rate / step size. Default: fft 0.05 (Adam), seed 0.1, pattern 1.0.")
+@click.option("--size", type=int, help="Image side in pixels (default: the model's input size).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--diversity", type=int, default=1, show_default=True, help="Images per unit, with lucid's diversity term.")
+@click.option("--snapshots", help="Also save the image at these steps, e.g. 32,128.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Images per forward/backward pass.")
+@click.option("--name", help="Name (queried as optimized:NAME); default e.g. efficientnet_lite0.top_activation.u4.fft.s0.")
+@click.option("--overwrite", is_flag=True, help="Replace an image of the same name made with other parameters.")
+@click.option("--out", type=click.Path(file_okay=False), help="Write PNGs and JSON here instead of into the store.")
+@click.option("--sheet", type=click.Path(dir_okay=False), help="Write a contact sheet of the run to FILE.png.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_needs_tensorflow
+def optimize(ctx, out, sheet, quiet, as_json, **options):
+    """Optimized images: gradient ascent on the input until a unit fires as strongly as possible,
+    many units per batch. Kept in the store and queryable as optimized:NAME.
+
+    \b
+    actdb optimize --model efficientnet_lite0 --layer top_activation --units 0-15 --steps 128
+    actdb optimize --objective logit --class sea_cucumber --sheet sheet.png
+    actdb optimize --model vgg19 --layer block5_conv4 --units 4 --method seed --seed 0
+    """
+    from .optimize.run import OptimizeOptions, optimize as run_optimize
+
+    store = None if out else _store(ctx)
+    frame = run_optimize(store, OptimizeOptions(**options), out=out, sheet=sheet,
+                         progress=not quiet and not as_json and sys.stderr.isatty())
+    if as_json:
+        click.echo(frame.to_json(orient="records", date_format="iso"))
+        return
+    shown = frame[["name", "unit", "start_activation", "final_activation", "top1_class"]].rename(
+        columns={"start_activation": "start", "final_activation": "final", "top1_class": "top-1"})
+    click.echo(shown.to_string(index=False, float_format="{:.4g}".format))
+    if sheet:
+        click.echo(f"contact sheet: {sheet}")
 
 
 # ---- analytics I: distances, maps, dataset examples, profiles ------------------------------
@@ -606,8 +657,9 @@ def compare(ctx, model, layers, model_names, layer, method, reduce, where, max_i
 @click.pass_context
 @_needs_tensorflow
 def demo(ctx, model, views):
-    """Real photos end to end: ingest augmented views, classify, index, query nearest images and classes."""
-    from .demo import DEMO_LAYERS, build_image_set, default_model, held_out_views
+    """Real photos end to end: ingest augmented views, classify, index, query nearest images and classes;
+    then optimized images of EfficientNet-Lite0, classified and placed among the stored classes."""
+    from .demo import DEMO_LAYERS, build_image_set, default_model, held_out_views, optimized_story
 
     model = model or default_model()
     stored_layers, query_layer = DEMO_LAYERS[model]
@@ -626,6 +678,11 @@ def demo(ctx, model, views):
     ctx.invoke(rank_classes, queries=queries, model=model, layer=query_layer, top=2)
     click.echo("== actdb info")
     ctx.invoke(info)
+    click.echo("\n== actdb optimize: the seeds' story in miniature (units of a late layer, one class logit);\n"
+               "   what EfficientNet-Lite0/1/2 call each image, and its nearest class in this store")
+    table, sheet = optimized_story(_db(ctx), model, query_layer, progress=sys.stderr.isatty())
+    click.echo(table.to_string(index=False))
+    click.echo(f"contact sheet: {sheet}")
     _demo_analytics_ii(ctx, folder, originals, views)
 
 

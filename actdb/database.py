@@ -63,6 +63,26 @@ class Database(Store):
 
     # -- optimize: activation maximization ------------------------------------------------------
 
+    def optimize(self, layer: str | None = None, units: str | int | list[int] | None = None, *,
+                 model: str = "efficientnet_lite0", sheet: str | Path | None = None, progress: bool = True,
+                 **options) -> pd.DataFrame:
+        """Optimized images for `units` of `layer`, kept in this store; one row per image.
+        Options as `actdb optimize` (objective, class_name, negative, method, steps, lr, size, seed,
+        diversity, snapshots, batch, name, overwrite, weights, preprocess)."""
+        from .optimize.run import OptimizeOptions, optimize
+
+        if isinstance(units, int):
+            units = str(units)
+        elif units is not None and not isinstance(units, str):
+            units = ",".join(str(u) for u in units)
+        return optimize(self.path, OptimizeOptions(model=model, layer=layer, units=units, **options),
+                        sheet=sheet, progress=progress)
+
+    def optimized(self) -> pd.DataFrame:
+        """Every optimized image of this store, with its parameters and activations."""
+        from .optimize.run import listing
+
+        return listing(self)
 
     # -- analytics I: distances, maps, dataset examples, profiles ----------------------------------
 

@@ -45,3 +45,56 @@ def held_out_views(store: Path, seed: int = 1) -> list[Path]:
 
     paths = write_augmented_views(Path(store) / "demo-queries", 2, seed=seed)
     return sorted(p for p in paths if p.stem.endswith("_001"))
+
+
+# The seeds' story in miniature: optimize units of a late layer and one class logit, ask three
+# classifiers what the images are, and where they lie among the demo store's classes.
+# Units are chosen in the stored top_activation array and optimized at top_bn, the same channels before
+# ReLU6 (lucid optimizes pre-ReLU layers too): a unit at 0 on the grey start image has no gradient.
+OPTIMIZE_MODEL, UNITS_LAYER, OPTIMIZE_LAYER = "efficientnet_lite0", "top_activation", "top_bn"
+UNIT_CLASSES = ("espresso", "tabby", "missile")  # the unit most specific to each of these stored classes
+FALLBACK_UNITS = (1213, 112, 801)  # what that gives on the efficientnet_lite0 demo store
+OPTIMIZE_CLASS = "sea_cucumber"
+OPTIMIZE_STEPS, OPTIMIZE_SIZE = 48, 128
+PREDICT_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def optimized_story(db, query_model: str, query_layer: str, progress: bool = True):
+    """Optimized images made and kept in the demo store; returns (one row per image, contact sheet path)."""
+    import pandas as pd
+
+    from .optimize.sheet import contact_sheet
+    from .predict import predict
+
+    common = {"model": OPTIMIZE_MODEL, "steps": OPTIMIZE_STEPS, "size": OPTIMIZE_SIZE, "batch": 4,
+              "progress": progress}
+    picked = class_units(db)
+    made = pd.concat([db.optimize(OPTIMIZE_LAYER, picked, **common),
+                      db.optimize(objective="logit", class_name=OPTIMIZE_CLASS, **common)], ignore_index=True)
+    sheet = contact_sheet(made, db.path, db.path / "plots" / "optimized.png",
+                          title=f"{OPTIMIZE_MODEL} (ImageNet weights): {OPTIMIZE_LAYER} units and the "
+                                f"{OPTIMIZE_CLASS} logit, fft method, {OPTIMIZE_STEPS} steps")
+    units = dict(zip(picked, UNIT_CLASSES))
+    queries = [f"optimized:{name}" for name in made.name]
+    predictions, _ = predict(queries, list(PREDICT_MODELS), top=1, store=db.path)
+    top1 = pd.DataFrame([p.__dict__ for p in predictions]).pivot(index="query", columns="model", values="name")
+    nearest = db.classes(queries, query_model, query_layer, top=1).set_index("query")
+    table = pd.DataFrame({
+        "image": [f"optimized:{name.replace(OPTIMIZE_MODEL + '.', '')}" for name in made.name],
+        "target": [f"class {u}" if o == "logit" else f"unit {u} ({units.get(u, '?')})"
+                   for o, u in zip(made.objective, made.unit)],
+        "final": made.final_activation.round(3),
+        **{model.replace("efficientnet_", ""): [top1.loc[q, model] for q in queries] for model in PREDICT_MODELS},
+        f"nearest class ({query_layer})": [nearest.loc[q, "class"] for q in queries],
+    })
+    return table, sheet
+
+
+def class_units(db) -> list[int]:
+    """Per class of UNIT_CLASSES, the top_activation unit whose class mean most exceeds the store's mean."""
+    stored = db.arrays()
+    if not ((stored.model == OPTIMIZE_MODEL) & (stored.layer == UNITS_LAYER)).any():
+        return list(FALLBACK_UNITS)
+    overall = db.activations(OPTIMIZE_MODEL, UNITS_LAYER).mean(axis=0)
+    return [int((db.activations(OPTIMIZE_MODEL, UNITS_LAYER, classes=[c]).mean(axis=0) - overall).argmax())
+            for c in UNIT_CLASSES]

@@ -24,7 +24,7 @@ class Prediction:
 def predict(queries: list[str], model_names: list[str], top: int = 5, resize: str = "center-crop",
             weights: str = "imagenet", db=None) -> tuple[list[Prediction], dict[str, str]]:
     """Predictions for every (query, model), and a one-line reason per model that could not answer.
-    A query is an image file, or `id:N` of an image in the store `db`."""
+    A query is an image file, `id:N` or `optimized:NAME` of the store `db`."""
     from .images import pixels_of_file
     from .models import load_model
     from .models.forward import classify
@@ -49,3 +49,4 @@ def predict(queries: list[str], model_names: list[str], top: int = 5, resize: st
     if not rows and unavailable:
         raise ActdbError("no model could answer: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
     return rows, unavailable
+

@@ -18,6 +18,9 @@ from .errors import ActdbError
 from .store import arrays
 
 
+OPTIMIZED_PREFIX = "optimized:"
+
+
 @dataclass
 class Queries:
     texts: list[str]
@@ -41,11 +44,8 @@ def resolve(db, array: pd.Series, queries: list) -> Queries:
         elif text.startswith("id:"):
             image_ids[position] = _parse_id(text)
             vectors[position] = _stored_row(db, array, image_ids[position])
-        elif text.startswith("optimized:"):
-            raise ActdbError(
-                f"{text}: optimized images are not in this store yet (they come with `actdb optimize`); "
-                "query with an image file, id:N or a .npy vector"
-            )
+        elif text.startswith(OPTIMIZED_PREFIX):
+            vectors[position] = optimized_vectors(db, array, [optimized_name(db, text)])[0]
         elif text.endswith(".npy"):
             vectors[position] = _npy_vector(text, int(array.channels))
         else:
@@ -86,19 +86,22 @@ def _why_not_stored(db, image_id: int) -> str:
 
 def image_file(text: str, db=None) -> str:
     """A QUERY as an image file, for commands that run a model on pixels (predict): a file is
-    itself, `id:N` the stored image's file (then `db`, the store, is needed)."""
+    itself, `id:N` the stored image's file, `optimized:NAME` its PNG (then `db`, the store, is needed)."""
+    if text.startswith(("id:", OPTIMIZED_PREFIX)) and db is None:
+        raise ActdbError(f"{text} names an image in a store: give the store (actdb --store PATH, or $ACTDB_STORE)")
     if text.startswith("id:"):
         image_id = _parse_id(text)
-        if db is None:
-            raise ActdbError(f"{text} names a stored image: give the store (actdb --store PATH, or $ACTDB_STORE)")
         found = db.sql("SELECT path FROM images WHERE id = ?", [image_id])
         if found.empty:
             raise ActdbError(f"image {text} is not in the store {db.path}")
         text = found.path[0]
+    elif text.startswith(OPTIMIZED_PREFIX):
+        text = str(optimized_image_file(db, text))
     elif text.endswith(".npy"):
-        raise ActdbError(f"{text}: a vector has no pixels to classify; give an image file or id:N")
+        raise ActdbError(f"{text}: a vector has no pixels to classify; give an image file, id:N or optimized:NAME")
     if not Path(text).is_file():
-        raise ActdbError(f"cannot read image {text}: no such file (a query here is an image file or id:N)")
+        raise ActdbError(f"cannot read image {text}: no such file (a query here is an image file, id:N or "
+                         "optimized:NAME)")
     return text
 
 
@@ -107,6 +110,62 @@ def _stored_id_of_file(db, array: pd.Series, path: str) -> int | None:
     found = db.sql("SELECT i.id FROM images i JOIN done d ON d.image_id = i.id AND d.array_id = ? WHERE i.path = ?",
                    [int(array.array_id), str(Path(path).resolve())])
     return None if found.empty else int(found.id[0])
+
+
+def optimized_name(db, text: str) -> str:
+    """`optimized:NAME` -> NAME, if the store holds it."""
+    name = text[len(OPTIMIZED_PREFIX):]
+    known = db.has_table("optimized_images") and not db.sql(
+        "SELECT name FROM optimized_images WHERE name = ?", [name]).empty
+    if not known:
+        raise ActdbError(f"{text}: no optimized image {name!r} in {db.path}; list them with "
+                         "`actdb sql \"SELECT name, model, layer, unit FROM optimized_images\"` or make it with "
+                         "`actdb optimize`")
+    return name
+
+
+def optimized_image_file(db, text: str) -> Path:
+    """The PNG of `optimized:NAME`, for commands that read pixels (predict)."""
+    name = optimized_name(db, text)
+    return db.path / db.sql("SELECT png FROM optimized_images WHERE name = ?", [name]).png[0]
+
+
+def optimized_vectors(db, array: pd.Series, names: list[str]) -> np.ndarray:
+    """Optimized images' vectors in one stored array: each PNG through the array's model exactly
+    as a query file is, computed the first time an array needs it and kept in the catalog."""
+    kept = db.sql("SELECT name, vector FROM optimized_vectors WHERE array_id = ? AND name IN "
+                  "(SELECT unnest(?::VARCHAR[]))", [int(array.array_id), names])
+    found = dict(zip(kept.name, kept.vector))
+    missing = [n for n in names if n not in found]
+    if missing:
+        pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [missing])
+        png_of = dict(zip(pngs.name, pngs.png))
+        computed = file_vectors(db, array, [str(db.path / png_of[n]) for n in missing])
+        with db.catalog.write() as con:
+            con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                            [(n, int(array.array_id), v.tolist()) for n, v in zip(missing, computed)])
+        found.update(zip(missing, computed))
+    return np.stack([np.asarray(found[n], np.float32) for n in names])
+
+
+def optimized_vectors_in_every_array(db, names: list[str]) -> None:
+    """Keep new optimized images' vectors for every stored array, one model load per model and
+    settings; an array whose model cannot be loaded here gets them when first queried."""
+    table = db.arrays()
+    if table.empty:
+        return
+    table["batch_size"] = [_ingest_batch_size(db, a) for _, a in table.iterrows()]
+    pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names])
+    paths = [str(db.path / png) for png in pngs.png]
+    for _, group in table.groupby(["model", "weights", "precision", "resize", "reduce", "batch_size"]):
+        try:
+            computed = _files_through_layers(db, group.iloc[0], list(group.layer), paths)
+        except ActdbError:
+            continue
+        with db.catalog.write() as con:
+            con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                            [(name, int(a.array_id), vector.tolist()) for a in group.itertuples()
+                             for name, vector in zip(pngs.name, computed[a.layer])])
 
 
 def _npy_vector(path: str, channels: int) -> np.ndarray:
@@ -133,6 +192,11 @@ def _checked_vector(vector: np.ndarray, channels: int, name: str) -> np.ndarray:
 
 def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
     """Image files through the same model and settings as the stored rows."""
+    return _files_through_layers(db, array, [array.layer], paths)[array.layer]
+
+
+def _files_through_layers(db, array: pd.Series, layers: list[str], paths: list[str]) -> dict[str, np.ndarray]:
+    """Files through `array`'s model and settings, at every layer in `layers` (one model load)."""
     from .images import pixels_of_file
     from .models import load_model, weights_digest
     from .models.forward import Extractor
@@ -144,13 +208,13 @@ def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
     if weights_digest(loaded.keras_model) != model.weights_digest:
         raise ActdbError(f"the weights of {model['name']} on this machine differ from those of the stored rows; "
                          "queries would not be comparable")
-    extractor = Extractor(loaded, [array.layer], array.reduce, _ingest_batch_size(db, array))
+    extractor = Extractor(loaded, layers, array.reduce, _ingest_batch_size(db, array))
     rows = []
     for start in range(0, len(paths), extractor.batch_size):
         chunk = paths[start : start + extractor.batch_size]
         pixels = np.stack([pixels_of_file(p, loaded.input_size, array.resize) for p in chunk])
-        rows.append(extractor(pixels)[array.layer])
-    return np.concatenate(rows)
+        rows.append(extractor(pixels))
+    return {layer: np.concatenate([r[layer] for r in rows]) for layer in layers}
 
 
 def _model_argument(model: pd.Series) -> str:

@@ -72,5 +72,9 @@ def test_demo_runs_end_to_end(tmp_path, run_cli):
         with Image.open(tmp_path / "demo" / "plots" / picture) as png:
             assert png.format == "PNG" and png.size[0] >= 600
     assert "block2b_add on " in result.output and "images noise:12: 12" in result.output
+    story = result.output.split("== actdb optimize")[1]
+    logit_row = next(line for line in story.splitlines() if "optimized:logits.u329" in line)
+    assert logit_row.split()[4] == "sea_cucumber"  # EfficientNet-Lite0's top-1 for its own sea_cucumber logit image
+    assert (tmp_path / "demo" / "plots" / "optimized.png").is_file()
     again = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
     assert "ingested 0, skipped 12" in again.output

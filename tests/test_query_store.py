@@ -119,7 +119,7 @@ def test_class_option_keeps_that_class_whatever_its_rank(store, run_cli):
         (["id:999"], "id:999 is not in the store"),
         (["id:x"], "write id:N"),
         (["missing.jpg"], "is not a file, id:N, optimized:NAME or a .npy vector"),
-        (["optimized:node4"], "optimized images are not in this store yet"),
+        (["optimized:node4"], "no optimized image 'node4'"),
         (["id:0", "--layer", "conv9"], "no stored array tiny/conv9/mean"),
         (["id:0", "--model", "vgg19"], "no stored array vgg19/conv2/mean"),
     ],

@@ -106,6 +106,37 @@ CREATE VIEW array_list AS
     FROM arrays a JOIN models m ON m.id = a.model_id;
 """
 
+# Optimized images (`actdb optimize`): not rows of `images`, so they never count as dataset
+# neighbours, class members or statistics. Created by new stores and, on first use, in older ones.
+OPTIMIZED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS optimized_images (
+    name VARCHAR PRIMARY KEY,      -- queried as optimized:NAME
+    model VARCHAR NOT NULL,
+    weights VARCHAR NOT NULL,      -- imagenet | random:seed=N | file:sha256=...
+    weights_digest VARCHAR NOT NULL,
+    layer VARCHAR NOT NULL,        -- 'logits' for the logit objective
+    unit INTEGER NOT NULL,         -- channel, or class index for logits
+    objective VARCHAR NOT NULL,    -- channel | neuron | logit
+    sign TINYINT NOT NULL,         -- +1 maximized, -1 minimized (--negative)
+    method VARCHAR NOT NULL,       -- fft | seed | pattern
+    seed BIGINT NOT NULL,
+    diversity_index INTEGER NOT NULL,
+    params JSON NOT NULL,          -- every parameter; the same name with other params is refused
+    start_activation DOUBLE,       -- the target on the start image and on the saved PNG
+    final_activation DOUBLE,
+    top1_class VARCHAR,            -- the optimizing model's top-1 class of the PNG, when it has a classifier
+    png VARCHAR NOT NULL,          -- relative to the store
+    png_sha256 VARCHAR NOT NULL,
+    created TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE IF NOT EXISTS optimized_vectors (  -- the PNG through each stored array's model, as a query file
+    name VARCHAR NOT NULL,
+    array_id INTEGER NOT NULL,
+    vector FLOAT[] NOT NULL,
+    PRIMARY KEY (name, array_id)
+);
+"""
+
 _LOCK_RETRY_SECONDS = 10.0
 
 # Every read session, the user's SQL among them, reaches only the catalog's own tables: no
@@ -145,6 +176,7 @@ class Catalog:
         con = duckdb.connect(str(tmp))
         try:
             con.execute(SCHEMA)
+            con.execute(OPTIMIZED_SCHEMA)
             con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
             con.executemany(
                 "INSERT INTO imagenet_classes VALUES (?, ?, ?)",

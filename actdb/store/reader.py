@@ -74,6 +74,12 @@ class Store:
             except duckdb.Error as exc:
                 raise ActdbError(f"SQL error: {str(exc).splitlines()[0]}") from None
 
+    def has_table(self, name: str) -> bool:
+        """Tables added after a store was made (optimized_images) are created on first write."""
+        found = self.sql("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = ?", [name],
+                         memoize=True)
+        return bool(found.n[0])
+
     def images(self, classes: list[str] | None = None) -> pd.DataFrame:
         where, params = _class_filter(classes)
         return self.sql(f"SELECT * FROM images {where} ORDER BY id", params)

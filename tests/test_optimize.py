@@ -1,0 +1,332 @@
+"""`actdb optimize`: each method and objective does what it says, images are independent of
+their batch mates, `seed` and `pattern` are the seeds' own loops (re-implemented here from
+seeds 000/002 and 003), and optimized:NAME is a query like any image file."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_SIZE, make_imagenet_tree
+
+STEPS = 12
+
+
+def _png(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _keras_target(model_path, layer):
+    """Direct Keras: the model cut at `layer`, fed caffe-preprocessed pixels (Keras' own preprocess_input)."""
+    import keras
+
+    model = keras.models.load_model(model_path, compile=False)
+    cut = keras.Model(model.input, model.get_layer(layer).output)
+    return lambda pixels: np.asarray(cut(keras.applications.vgg19.preprocess_input(pixels.astype(np.float32)[None])))[0]
+
+
+def _optimize(run_cli, tmp_path, model, *args):
+    """Run into a fresh --out folder; returns the folder and the JSON rows."""
+    out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+    result = run_cli("optimize", "--model", model, "--preprocess", "caffe", "--out", out, "--json", *args)
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.output.strip().splitlines()[-1])
+
+
+# -- each method and objective raises its target (measured here by a direct Keras forward pass)
+
+FACTOR = 3.0  # the final image's target is at least 3x the start image's (1/3 for --negative)
+# ... except `pattern`: 003's deprocess_image rescales every output to std 0.1 around grey, and the
+# loop feeds raw pixels while a PNG is measured through the model's preprocessing: 1.5x
+FACTORS = {"fft": FACTOR, "seed": FACTOR, "pattern": 1.5}
+
+
+@pytest.mark.parametrize("method, objective, extra", [
+    ("fft", "channel", []), ("fft", "neuron", []), ("pattern", "channel", []),
+    ("seed", "channel", ["--preprocess", "tf"]),  # caffe clips the optimized tensor to [-1, 1] of 0..255: see README
+])
+def test_methods_and_objectives_raise_the_target(run_cli, tmp_path, tiny_model_path, method, objective, extra):
+    out, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "1,5", "--method", method,
+                          "--objective", objective, "--steps", STEPS * 2, *extra)
+    for row in rows:
+        assert row["final_activation"] >= FACTORS[method] * row["start_activation"] > 0, row
+    if extra:
+        return  # the direct check below feeds caffe preprocessing
+    target = _keras_target(tiny_model_path, "conv2")
+    for row in rows:
+        maps = target(_png(out / f"{row['name']}.png"))[..., row["unit"]]
+        direct = maps.mean() if objective == "channel" else maps[maps.shape[0] // 2, maps.shape[1] // 2]
+        assert row["final_activation"] == pytest.approx(float(direct), rel=1e-4, abs=1e-4)
+
+
+def test_negative_lowers_the_target(run_cli, tmp_path, tiny_model_path):
+    _, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "1,5", "--negative",
+                        "--steps", STEPS * 2)
+    for row in rows:
+        assert row["sign"] == -1 and row["final_activation"] <= row["start_activation"] / FACTOR, row
+
+
+def test_logit_raises_the_class_probability(run_cli, tmp_path, tiny_model_path):
+    import keras
+
+    out, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--objective", "logit", "--class", "5,tench",
+                          "--steps", STEPS * 3, "--lr", 0.1)
+    assert [r["unit"] for r in rows] == [5, 0]  # tench is class 0
+    model = keras.models.load_model(tiny_model_path, compile=False)
+    features = keras.Model(model.inputs, model.get_layer("fc").output)
+    kernel, bias = model.get_layer("predictions").get_weights()
+    for row in rows:
+        assert row["final_activation"] - row["start_activation"] >= 1.0, row  # odds vs the rest grow e-fold or more
+        pixels = keras.applications.vgg19.preprocess_input(_png(out / f"{row['name']}.png").astype(np.float32)[None])
+        logits = np.asarray(features(pixels))[0] @ kernel + bias
+        assert row["final_activation"] == pytest.approx(float(logits[row["unit"]]), rel=1e-4, abs=1e-4)
+
+
+# -- independence and diversity
+
+def test_a_units_image_does_not_depend_on_its_batch_mates(run_cli, tmp_path, tiny_model_path):
+    batch_out, _ = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "0-7", "--steps", STEPS)
+    alone_out, _ = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "5", "--steps", STEPS,
+                             "--batch", 1)
+    other_batch_out, _ = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "9,5,3",
+                                   "--steps", STEPS, "--batch", 2)
+    name = "tiny.conv2.u5.fft.s0.png"
+    np.testing.assert_array_equal(_png(batch_out / name), _png(alone_out / name))
+    np.testing.assert_array_equal(_png(other_batch_out / name), _png(alone_out / name))
+    assert not np.array_equal(_png(batch_out / name), _png(batch_out / "tiny.conv2.u4.fft.s0.png"))
+
+
+def test_diversity_penalty_is_lucids_gram_similarity():
+    """Against a NumPy brute force of lucid's `diversity`: sum over pairs i != j of normalized Gram dot products / K."""
+    import tensorflow as tf
+
+    from actdb.optimize.objectives import diversity
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(6, 3, 3, 4)).astype(np.float32)  # 2 units x 3 images
+    got = diversity(3)(tf.constant(acts), tf.zeros(6, tf.int32)).numpy()
+    grams = [a.reshape(-1, 4).T @ a.reshape(-1, 4) for a in acts]
+    grams = [g.ravel() / np.linalg.norm(g) for g in grams]
+    for i in range(6):
+        group = range(i // 3 * 3, i // 3 * 3 + 3)
+        assert got[i] == pytest.approx(sum(grams[i] @ grams[j] for j in group if j != i) / 3, rel=1e-5)
+
+
+# -- the seeds' loops, re-implemented here from their text
+
+def _seeds_000_loop(model_path, layer, target_index, seed, steps, step_size, size):
+    """Seeds 000/002's `gradient_ascent` and its start and output, as written there."""
+    import keras
+    import tensorflow as tf
+
+    base_model = keras.models.load_model(model_path, compile=False)
+    part_model = keras.Model(inputs=base_model.input, outputs=[base_model.get_layer(layer).output])
+
+    @tf.function(input_signature=(tf.TensorSpec(shape=[size, size, 3], dtype=tf.float32),
+                                  tf.TensorSpec(shape=[], dtype=tf.int32), tf.TensorSpec(shape=[], dtype=tf.float32)))
+    def gradient_ascent(img, steps, step_size):
+        loss = tf.constant(0.0)
+        for n in tf.range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(img)
+                activation = part_model(tf.expand_dims(img, axis=0))
+                loss = tf.math.reduce_mean(activation[:, :, :, target_index])
+            gradients = tape.gradient(loss, img)
+            gradients /= tf.math.reduce_std(gradients)
+            img = img + gradients * step_size
+            img = tf.clip_by_value(img, -1, 1)
+        return loss, img
+
+    np.random.seed(seed)
+    starting_img = np.random.randint(low=0, high=255, size=(size, size, 3), dtype=np.uint8)
+    img = tf.convert_to_tensor(keras.applications.vgg19.preprocess_input(starting_img))
+    loss, img = gradient_ascent(img, tf.constant(steps), tf.constant(step_size))
+    return np.array(tf.cast(255 * (img + 1.0) / 2.0, tf.uint8))
+
+
+def _seed_003_generate_pattern(model_path, layer_name, filter_index, seed, size):
+    """Seed 003's `generate_pattern` and `deprocess_image` (K.gradients written as a GradientTape)."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.models.load_model(model_path, compile=False)
+    cut = keras.Model(model.input, model.get_layer(layer_name).output)
+
+    def iterate(x):
+        x = tf.constant(x, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_mean(cut(x)[:, :, :, filter_index])
+        grads = tape.gradient(loss, x)
+        grads /= tf.sqrt(tf.reduce_mean(tf.square(grads))) + 1e-5
+        return loss.numpy(), grads.numpy()
+
+    np.random.seed(seed)
+    input_img_data = np.random.random((1, size, size, 3)) * 20 + 128.
+    for _ in range(40):
+        loss_value, grads_value = iterate(input_img_data)
+        input_img_data += grads_value * 1.0
+    x = input_img_data[0]
+    x -= x.mean()
+    x /= (x.std() + 1e-5)
+    x *= 0.1
+    x += 0.5
+    x = np.clip(x, 0, 1)
+    x *= 255
+    return np.clip(x, 0, 255).astype("uint8")
+
+
+def test_seed_method_is_the_seeds_loop(run_cli, tmp_path, tiny_model_path):
+    out, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "1,5", "--method", "seed",
+                          "--seed", 7, "--steps", 20)
+    for row in rows:
+        expected = _seeds_000_loop(tiny_model_path, "conv2", row["unit"], 7, 20, 0.1, TINY_SIZE)
+        got = _png(out / f"{row['name']}.png")
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+        assert np.mean(got != expected) < 0.01
+
+
+def test_pattern_method_is_003s_generate_pattern(run_cli, tmp_path, tiny_model_path):
+    out, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv1", "--units", "2,6", "--method",
+                          "pattern", "--seed", 3)
+    for row in rows:
+        expected = _seed_003_generate_pattern(tiny_model_path, "conv1", row["unit"], 3, TINY_SIZE)
+        got = _png(out / f"{row['name']}.png")
+        assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_out_folder_has_pngs_snapshots_and_parameters(run_cli, tmp_path, tiny_model_path):
+    out, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "1", "--steps", 6,
+                          "--snapshots", "2,6", "--name", "probe")
+    assert [r["name"] for r in rows] == ["probe"]
+    params = json.loads((out / "probe.json").read_text())
+    assert (params["steps"], params["lr"], params["method"], params["unit"], params["snapshots"]) == (6, 0.05, "fft", 1, [2, 6])
+    np.testing.assert_array_equal(_png(out / "probe.step6.png"), _png(out / "probe.png"))
+    assert not np.array_equal(_png(out / "probe.step2.png"), _png(out / "probe.png"))
+
+
+# -- in the store
+
+@pytest.fixture
+def store(tmp_path, tiny_model_path, run_cli):
+    tree = make_imagenet_tree(tmp_path / "train", per_class=3)
+    path = tmp_path / "store"
+    result = run_cli("--store", path, "ingest", tree, "--model", tiny_model_path, "--preprocess", "caffe",
+                     "--layers", "conv2,fc", "-q")
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_optimized_name_is_queried_like_its_png_ingested_as_a_file(store, run_cli, tmp_path, tiny_model_path):
+    import actdb
+    from actdb.resolve import resolve
+
+    result = run_cli("--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "caffe", "--layer",
+                     "conv2", "--units", "1,5", "--steps", STEPS, "--sheet", tmp_path / "sheet.png")
+    assert result.exit_code == 0, result.output
+    db = actdb.open(store)
+    listed = db.optimized()
+    assert sorted(listed.name) == ["tiny.conv2.u1.fft.s0", "tiny.conv2.u5.fft.s0"]
+    assert len(db.sql("SELECT * FROM images")) == 9  # optimized images are not dataset rows
+    assert Image.open(tmp_path / "sheet.png").size[0] > 200
+    # the PNG ingested as an ordinary file
+    folder = tmp_path / "as-files"
+    folder.mkdir()
+    shutil.copy(store / "optimized" / "tiny.conv2.u5.fft.s0.png", folder / "u5.png")
+    run_cli("--store", store, "ingest", folder, "--model", tiny_model_path, "--preprocess", "caffe",
+            "--layers", "conv1,conv2,fc", "-q")  # conv1: an array added after the image was made
+    file_id = int(db.sql("SELECT id FROM images WHERE path LIKE '%u5.png'").id[0])
+    for layer in ("conv1", "conv2", "fc"):
+        stored = db.activations("tiny", layer, ids=[file_id])[0]
+        queried = resolve(db, db.find_array("tiny", layer), ["optimized:tiny.conv2.u5.fft.s0"]).vectors[0]
+        np.testing.assert_allclose(queried, stored, rtol=1e-5, atol=1e-6)
+    run_cli("--store", store, "index", "--model", "tiny", "--layer", "conv2")
+    rows = json.loads(run_cli("--store", store, "neighbors", "optimized:tiny.conv2.u5.fft.s0", "--model", "tiny",
+                              "--layer", "conv2", "-k", 1, "--json").output)
+    assert rows[0]["id"] == file_id and rows[0]["distance"] < 1e-3
+    ranked = json.loads(run_cli("--store", store, "classes", "optimized:tiny.conv2.u1.fft.s0", "--model", "tiny",
+                                "--layer", "conv2", "--json").output)
+    assert len(ranked) == 3
+
+
+def test_predict_takes_an_optimized_image(store, run_cli, tiny_model_path):
+    run_cli("--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "caffe", "--layer", "conv2",
+            "--units", "1", "--steps", 4, "--name", "p")
+    result = run_cli("--store", store, "predict", "optimized:p", "--models", "efficientnet_lite0", "--top", 1, "--json")
+    assert result.exit_code == 0, result.output
+    direct = run_cli("predict", store / "optimized" / "p.png", "--models", "efficientnet_lite0", "--top", 1, "--json")
+    assert json.loads(result.output)[0]["class_index"] == json.loads(direct.output)[0]["class_index"]
+
+
+def test_same_name_reuses_and_other_parameters_are_refused(store, run_cli, tiny_model_path):
+    base = ["--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "caffe", "--layer", "conv2",
+            "--units", "1", "--name", "n"]
+    assert run_cli(*base, "--steps", 4).exit_code == 0
+    png = store / "optimized" / "n.png"
+    first = (png.stat().st_mtime_ns, png.read_bytes())
+    assert run_cli(*base, "--steps", 4).exit_code == 0
+    assert (png.stat().st_mtime_ns, png.read_bytes()) == first  # reused, not remade
+    refused = run_cli(*base, "--steps", 5)
+    assert refused.exit_code != 0 and "exists with other parameters: pass --overwrite" in refused.output
+    assert png.read_bytes() == first[1]
+    assert run_cli(*base, "--steps", 5, "--overwrite").exit_code == 0
+    assert png.read_bytes() != first[1]
+
+
+def test_store_made_before_optimize_existed_still_opens(store, run_cli, tiny_model_path):
+    import duckdb
+
+    import actdb
+
+    con = duckdb.connect(str(store / "catalog.duckdb"))
+    con.execute("DROP TABLE optimized_vectors; DROP TABLE optimized_images")
+    con.close()
+    assert actdb.open(store).optimized().empty
+    result = run_cli("--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "caffe",
+                     "--layer", "conv2", "--units", "1", "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert list(actdb.open(store).optimized().name) == ["tiny.conv2.u1.fft.s0"]
+
+
+@pytest.fixture(scope="module")
+def headless_model_path(tmp_path_factory):
+    import keras
+
+    inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
+    outputs = keras.layers.Conv2D(4, 3, name="conv1")(inputs)
+    path = tmp_path_factory.mktemp("headless") / "headless.keras"
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "conv2", "--units", "16"], "unit 16 is outside tiny/conv2, which has 16 channels: use 0-15"),
+    (["--layer", "conv9", "--units", "1"], "unknown layer 'conv9' in tiny; valid layers: conv1, pool1, conv2"),
+    (["--objective", "logit", "--class", "sea_kumquat"], "unknown ImageNet class 'sea_kumquat'"),
+    (["--layer", "conv2", "--units", "1", "--steps", "0"], "--steps 0: take at least 1 step"),
+    (["--layer", "conv2", "--units", "1", "--method", "seed", "--size", "64"], "which takes 32 x 32 only"),
+    (["--layer", "conv2", "--units", "1-x"], "is not a unit number or a range"),
+    (["--layer", "conv2", "--units", "1", "--diversity", "2", "--method", "pattern"], "--diversity needs --method fft"),
+    (["--layer", "conv2", "--units", "1", "--snapshots", "9", "--steps", "4"], "steps must lie in 1..4"),
+    (["--layer", "conv2", "--units", "1", "--sheet", "x.jpg"], "name it FILE.png"),
+    (["--model", "HEADLESS", "--objective", "logit", "--class", "1"], "has no classifier"),
+    (["--layer", "conv2", "--units", "1", "--name", "../up"], "use letters, digits and _ . + - only"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(run_cli, tmp_path, tiny_model_path, headless_model_path, args,
+                                                   message):
+    model = headless_model_path if "HEADLESS" in args else tiny_model_path
+    args = [a for a in args if a not in ("--model", "HEADLESS")]
+    store = tmp_path / "never"
+    result = run_cli("--store", store, "optimize", "--model", model, "--preprocess", "caffe", *args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not store.exists()
+
+
+def test_no_store_and_no_out_is_refused(run_cli, tiny_model_path, monkeypatch):
+    monkeypatch.delenv("ACTDB_STORE", raising=False)
+    result = run_cli("optimize", "--model", tiny_model_path, "--layer", "conv2", "--units", "1")
+    assert result.exit_code != 0 and "no store given" in result.output
