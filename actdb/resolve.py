@@ -8,6 +8,7 @@ or a `.npy` vector.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +91,12 @@ def _npy_vector(path: str, channels: int) -> np.ndarray:
     return vector
 
 
-def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
-    """Image files through the same model and settings as the stored rows."""
+def file_vectors(db, array: pd.Series, paths: list[str], reduce: str | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """Image files through the same model and settings as the stored rows.
+
+    `reduce`: another spatial reduction than the array's, e.g. `forward.FULL_MAPS` for
+    whole feature maps, returned flattened (H*W*C values per image)."""
     from .images import pixels_of_file
     from .models import load_model, weights_digest
     from .models.forward import Extractor
@@ -103,12 +108,18 @@ def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
     if weights_digest(loaded.keras_model) != model.weights_digest:
         raise ActdbError(f"the weights of {model['name']} on this machine differ from those of the stored rows; "
                          "queries would not be comparable")
-    extractor = Extractor(loaded, [array.layer], array.reduce, _ingest_batch_size(db, array))
+    extractor = Extractor(loaded, [array.layer], reduce or array.reduce, _ingest_batch_size(db, array))
     rows = []
-    for start in range(0, len(paths), extractor.batch_size):
+    starts = range(0, len(paths), extractor.batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"{array.layer} forward", unit="batch", file=sys.stderr)
+    for start in starts:
         chunk = paths[start : start + extractor.batch_size]
         pixels = np.stack([pixels_of_file(p, loaded.input_size, array.resize) for p in chunk])
-        rows.append(extractor(pixels)[array.layer])
+        out = extractor(pixels)[array.layer]
+        rows.append(out.reshape(len(chunk), -1))
     return np.concatenate(rows)
 
 
