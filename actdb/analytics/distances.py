@@ -34,6 +34,7 @@ class DistanceReport:
     query_samples: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (query, target) -> distances
     title: str = ""
     drawn_targets: list[str] = field(default_factory=list)  # the named classes and the random mix (as the seeds drew)
+    selection: selection.Selection | None = None  # the images compared (finite rows only)
 
 
 def check_metric(metric: str) -> None:
@@ -196,7 +197,7 @@ def distances(db, model: str | None, layer: str | None, reduce: str = "mean", qu
     pair_frame = pd.DataFrame([{"group": group, **summary(values)} for group, values in samples.items()])
     title = f"{array.model} {array.layer} ({'flat maps' if flat else array.reduce}), {metric} distance"
     report = DistanceReport(pair_frame, pd.DataFrame(), samples, title=title,
-                            drawn_targets=chosen.named + ([RANDOM_MIX] if chosen.random else []))
+                            drawn_targets=chosen.named + ([RANDOM_MIX] if chosen.random else []), selection=chosen)
     if queries:
         texts, vectors, ids = _query_vectors(db, array, queries, flat)
         report.queries, report.query_samples = query_table(prepared(vectors, metric), texts, ids, chosen, rows,

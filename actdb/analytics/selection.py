@@ -111,7 +111,7 @@ def stream(db, array: pd.Series, labels: list[str], where: str | None = None):
         if frame.empty:
             continue
         ids = frame.id.to_numpy(np.int64)
-        codes = pd.Categorical(frame.label, categories=labels).codes.astype(np.int32)
+        codes = pd.Index(labels, dtype=object).get_indexer(frame.label).astype(np.int32)
         for block_ids, vectors in arrays.iter_blocks(zarr_array, ids, rows_per_block=chunk * BLOCK_CHUNKS):
             yield block_ids, codes[np.searchsorted(ids, block_ids)], vectors
 

@@ -36,7 +36,9 @@ def top_classes(db, model: str | None, layer: str | None, unit: int, reduce: str
     frame = frame.sort_values(["score", "class"], ascending=[False, True], kind="stable").head(top)
     frame.insert(0, "rank", np.arange(1, len(frame) + 1))
     frame = frame.reset_index(drop=True)
-    frame.attrs.update(title=f"{selection.describe(array)} unit {unit}: classes by {by}", by=by)
+    axis = {"mean": f"mean of unit {unit} over the class's images", "median": f"median of unit {unit} over the "
+            "class's images", "topk-share": f"share of unit {unit}'s top {k} images"}[by]
+    frame.attrs.update(title=f"{selection.describe(array)} unit {unit}: classes by {by}", by=axis)
     return frame
 
 
