@@ -551,7 +551,8 @@ def profile(ctx, queries, model, layer, reduce, top, vs_class, plot, as_json):
 @click.pass_context
 @_needs_tensorflow
 def demo(ctx, model, views):
-    """Real photos end to end: ingest augmented views, classify, index, query nearest images and classes."""
+    """Real photos end to end: ingest augmented views, classify, index, query nearest images and classes,
+    and the analytics' plots (STORE/plots/)."""
     from .demo import DEMO_LAYERS, build_image_set, default_model, held_out_views
 
     model = model or default_model()
@@ -569,8 +570,39 @@ def demo(ctx, model, views):
     ctx.invoke(neighbors, queries=queries[:1], model=model, layer=query_layer, k=5)
     click.echo("== actdb classes --by centroid (new views of each photo: is the photo's class nearest?)")
     ctx.invoke(rank_classes, queries=queries, model=model, layer=query_layer, top=2)
+    _demo_analytics(ctx, model, query_layer, queries)
     click.echo("== actdb info")
     ctx.invoke(info)
+
+
+def _demo_analytics(ctx, model: str, layer: str, queries: list[str]) -> None:
+    """Analytics I on the demo's data, as in the seeds: one held-out photo view as the query."""
+    from pathlib import Path
+
+    from .demo import saved_query_vectors
+
+    plots = Path(ctx.obj["store"]) / "plots"
+    queries = saved_query_vectors(_db(ctx), model, layer, queries, plots / "queries")
+    query = next(q for q in queries if "coffee" in Path(q).name)
+    array = {"model": model, "layer": layer}
+    click.echo(f"== actdb distances --classes espresso --random-classes 5 --query {Path(query).name} --pairs all")
+    ctx.invoke(distances, **array, reduce="mean", queries=[query], classes="espresso", random_classes=5, per_class=100,
+               pairs="all", metric="l2", seed=0, max_images=2000, plot=plots / "distances.png", as_json=False)
+    click.echo("\n== actdb map --method tsne --highlight (a new view of each photo, as vectors in plots/queries/)")
+    ctx.invoke(map_command, **array, reduce="mean", method="tsne", classes=None, per_class=100, centroids=False,
+               highlight=queries, seed=0, out=None, plot=plots / "map-tsne.png", as_json=False)
+    click.echo(f"\n== actdb profile {Path(query).name} --vs-class espresso --top 5")
+    ctx.invoke(profile, queries=[query], **array, reduce="mean", top=5, vs_class="espresso",
+               plot=plots / "profile.png", as_json=False)
+    excited = _db(ctx).profile([query], model, layer).query("rank <= 20")
+    unit = int(excited.unit[excited.value.idxmax()])
+    click.echo(f"\n== actdb top-images --unit {unit} (of the new coffee view's top 20 units by z, its strongest) -k 8")
+    ctx.invoke(top_images, **array, reduce="mean", unit=unit, k=8, bottom=False, where=None,
+               montage=plots / "top-images.png", as_json=False)
+    click.echo(f"\n== actdb top-classes --unit {unit} --by mean")
+    ctx.invoke(top_classes, **array, reduce="mean", unit=unit, by="mean", top=6, k=100,
+               plot=plots / "top-classes.png", as_json=False)
+    click.echo(f"\nplots in {plots}\n")
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .models import KERAS_APPLICATIONS, keras_cache_dir
 
 # Layers worth storing per demo model (a late conv stage, the pooled features), and the one queried.
@@ -36,3 +38,17 @@ def held_out_views(store: Path, seed: int = 1) -> list[Path]:
 
     paths = write_augmented_views(Path(store) / "demo-queries", 2, seed=seed)
     return sorted(p for p in paths if p.stem.endswith("_001"))
+
+
+def saved_query_vectors(db, model: str, layer: str, paths: list[str], folder: Path) -> list[str]:
+    """Each query image through the model once, saved as `folder/<name>.npy`: the analytics
+    that follow then query by vector instead of loading the model again for each command."""
+    from .resolve import resolve
+
+    folder.mkdir(parents=True, exist_ok=True)
+    resolved = resolve(db, db.find_array(model, layer), paths)
+    saved = []
+    for path, vector in zip(paths, resolved.vectors):
+        saved.append(str(folder / f"{Path(path).stem}.npy"))
+        np.save(saved[-1], vector)
+    return saved
