@@ -24,6 +24,7 @@ FLAT = "flat"
 GROUPS = ("same class", "different class", "random pairs")
 RANDOM_MIX = "random mix"
 STATISTICS = ("n", "mean", "median", "std", "min", "p5", "p95", "max")
+PAIR_BATCH_VALUES = 1 << 22  # float64 values per pair batch (32 MB a side)
 
 
 @dataclass
@@ -63,11 +64,16 @@ def cross(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     return np.sqrt(np.maximum(squared, 0.0))
 
 
-def paired(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """Distance between row i of a and row i of b (prepared)."""
-    if metric != "l2":
-        return 1.0 - np.einsum("ij,ij->i", a, b)
-    return np.linalg.norm(a - b, axis=1)
+def paired(rows: np.ndarray, first: np.ndarray, second: np.ndarray, metric: str) -> np.ndarray:
+    """Distance between rows[first[i]] and rows[second[i]] (prepared), a batch of pairs at a
+    time: flat feature maps have ~100,000 values a row."""
+    batch = max(1, PAIR_BATCH_VALUES // rows.shape[1])
+    out = np.empty(len(first))
+    for start in range(0, len(first), batch):
+        a, b = rows[first[start : start + batch]], rows[second[start : start + batch]]
+        out[start : start + batch] = 1.0 - np.einsum("ij,ij->i", a, b) if metric != "l2" else \
+            np.linalg.norm(a - b, axis=1)
+    return out
 
 
 def summary(values: np.ndarray) -> dict:
@@ -96,7 +102,7 @@ def pair_groups(rows: np.ndarray, labels: np.ndarray, pairs: int | str, metric: 
     for group, (first, second) in zip(GROUPS, (_same_class_pairs(labels, pairs, rng),
                                                _different_class_pairs(labels, pairs, rng),
                                                _random_pairs(n, pairs, rng))):
-        groups[group] = paired(rows[first], rows[second], metric) if len(first) else np.empty(0)
+        groups[group] = paired(rows, first, second, metric)
     return groups
 
 
