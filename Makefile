@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/query.py
 	$(BIN)/python bench/classes.py
 	$(BIN)/python bench/listing.py
+	$(BIN)/python bench/analytics.py
 
 clean:
 	rm -rf $(VENV) demo-store

@@ -212,7 +212,11 @@ def distances(db, model: str | None, layer: str | None, reduce: str = "mean", qu
 
 
 def _full_maps() -> str:
-    from ..models.forward import FULL_MAPS  # TensorFlow: only --reduce flat gets here
+    """The forward pass's no-reduction mode; importing it loads TensorFlow (only --reduce flat gets here)."""
+    from ..tfquiet import import_tensorflow
+
+    import_tensorflow()  # without its start-up chatter, before models.forward imports it plainly
+    from ..models.forward import FULL_MAPS
 
     return FULL_MAPS
 
