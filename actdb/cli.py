@@ -469,6 +469,8 @@ def top_images(ctx, model, layer, reduce, unit, k, bottom, where, montage, as_js
     actdb top-images --model vgg19 --layer block5_conv4 --reduce max --unit 4 --montage unit4.png
     """
     frame = _db(ctx).top_images(unit, model, layer, reduce, k, bottom, where)
+    if frame.attrs.get("note"):
+        click.echo(f"note: {frame.attrs['note']}", err=True)
     if montage:
         from .analytics import plots
 

@@ -68,5 +68,10 @@ def test_demo_runs_end_to_end(tmp_path, run_cli):
     assert "index built: flat" in result.output
     classes = result.output.split("== actdb classes")[1].split("== actdb info")[0]
     assert "coffee_001.JPEG\n rank    class" in classes and "    1 espresso" in classes
+    plots = tmp_path / "demo" / "plots"
+    for name in ("distances", "map-tsne", "profile", "top-images", "top-classes"):
+        assert (plots / f"{name}.png").stat().st_size > 10_000, name
+    distances = result.output.split("== actdb distances")[1].split("== actdb map")[0]
+    assert "        espresso  " in distances.split("from ")[1].splitlines()[2]  # the coffee view: espresso ranks first
     again = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
     assert "ingested 0, skipped 12" in again.output

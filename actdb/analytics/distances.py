@@ -187,6 +187,7 @@ def distances(db, model: str | None, layer: str | None, reduce: str = "mean", qu
     flat = reduce == FLAT
     array = _array_for(db, model, layer, reduce, weights)
     chosen = selection.sample(db, array, classes, random_classes, per_class, seed)
+    resolved = _query_vectors(db, array, queries, flat) if queries else None  # a bad query fails before the work
     if flat:
         if len(chosen.ids) > max_images:
             raise ActdbError(f"the selection holds {len(chosen.ids)} images; --reduce flat computes at most "
@@ -204,8 +205,8 @@ def distances(db, model: str | None, layer: str | None, reduce: str = "mean", qu
     title = f"{array.model} {array.layer} ({'flat maps' if flat else array.reduce}), {metric} distance"
     report = DistanceReport(pair_frame, pd.DataFrame(), samples, title=title,
                             drawn_targets=chosen.named + ([RANDOM_MIX] if chosen.random else []), selection=chosen)
-    if queries:
-        texts, vectors, ids = _query_vectors(db, array, queries, flat)
+    if resolved:
+        texts, vectors, ids = resolved
         report.queries, report.query_samples = query_table(prepared(vectors, metric), texts, ids, chosen, rows,
                                                            within_class_distances(rows, chosen, metric), metric)
     return report

@@ -148,7 +148,7 @@ def profile_figure(frame: pd.DataFrame):
 
 def top_classes_figure(frame: pd.DataFrame):
     figure, axis = plt.subplots(figsize=(7, 0.35 * len(frame) + 1.5))
-    axis.barh(frame["class"][::-1], frame.score[::-1], color="tab:blue", label="score")
+    axis.barh(frame["class"][::-1], frame.score[::-1], color="tab:blue", label=frame.attrs.get("by", "score"))
     axis.set(xlabel=frame.attrs.get("by", "score"), ylabel="class", title=frame.attrs.get("title", "top classes"))
     axis.legend(fontsize=8)
     figure.tight_layout()

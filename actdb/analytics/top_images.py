@@ -44,4 +44,7 @@ def top_images(db, model: str | None, layer: str | None, unit: int, reduce: str 
     frame = frame.merge(selection.image_info(db, ids), on="id", how="left")
     frame.attrs["title"] = (f"{selection.describe(array)} unit {unit}: "
                             f"{'bottom' if bottom else 'top'} {len(ids)} stored images")
+    stored = db.arrays()
+    if reduce != "max" and ((stored.model == array.model) & (stored.layer == array.layer) & (stored.reduce == "max")).any():
+        frame.attrs["note"] = "this layer is also stored with --reduce max, the spatial max Microscope and Summit rank by"
     return frame
