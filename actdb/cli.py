@@ -426,11 +426,13 @@ def map_command(ctx, model, layer, reduce, method, classes, per_class, centroids
     actdb map --model vgg19 --layer block5_conv4 --method tsne --classes sea_cucumber,groenendael \\
         --highlight optimized:node4 --plot map.png
     """
+    from .analytics.maps import checked_coordinates_path, save_coordinates
+
+    if out:
+        checked_coordinates_path(out)
     frame = _db(ctx).map(model, layer, reduce, method, _csv_list(classes), per_class, centroids, list(highlight),
                          seed)
     if out:
-        from .analytics.maps import save_coordinates
-
         _saved("coordinates", save_coordinates(frame, out))
     if plot:
         from .analytics import plots

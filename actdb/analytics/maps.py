@@ -148,13 +148,19 @@ def _place(method: str, embedding, queries: np.ndarray) -> np.ndarray:
     return embedding.transform(queries)
 
 
+def checked_coordinates_path(path: str | Path) -> Path:
+    """--out must name a .parquet or .csv file (checked before any fitting)."""
+    path = Path(path)
+    if path.suffix not in (".parquet", ".csv"):
+        raise ActdbError(f"--out {path}: write a .parquet or .csv file")
+    return path
+
+
 def save_coordinates(frame: pd.DataFrame, path: str | Path) -> Path:
     """--out: the map as Parquet or CSV, by the file's suffix."""
-    path = Path(path)
+    path = checked_coordinates_path(path)
     if path.suffix == ".parquet":
         frame.to_parquet(path, index=False)
-    elif path.suffix == ".csv":
-        frame.to_csv(path, index=False)
     else:
-        raise ActdbError(f"--out {path}: write a .parquet or .csv file")
+        frame.to_csv(path, index=False)
     return path
