@@ -114,7 +114,7 @@ CREATE TABLE IF NOT EXISTS unit_stats (
     members BIGINT NOT NULL,       -- finite rows counted
     mean FLOAT[] NOT NULL,         -- per channel
     std FLOAT[] NOT NULL,          -- per channel, population (ddof 0)
-    rows_done BIGINT NOT NULL,     -- done rows of the array when computed: fewer now done means stale
+    rows_done BIGINT NOT NULL,     -- done rows of the array when computed: any other count now means stale
     computed_at TIMESTAMP DEFAULT current_timestamp,
     PRIMARY KEY (array_id, class)
 );
