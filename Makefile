@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/differentiation.py
 	$(BIN)/pip install --quiet -e ".[bench]" && $(BIN)/python bench/optimize.py
+	$(BIN)/python bench/analytics.py
 
 clean:
 	rm -rf $(VENV) demo-store

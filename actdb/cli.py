@@ -436,6 +436,216 @@ def optimize(ctx, out, sheet, quiet, as_json, **options):
 # ---- analytics I: distances, maps, dataset examples, profiles ------------------------------
 # (actdb distances / map / top-images / top-classes / profile)
 
+def _analytics_array_options(reductions=("mean", "max")):
+    """--model/--layer/--reduce: the stored array an analysis reads."""
+    def decorate(command):
+        for option in reversed([
+            click.option("--model", help="Stored model (may be left out when the store holds one array)."),
+            click.option("--layer", help="Stored layer."),
+            click.option("--reduce", type=click.Choice(list(reductions)), default="mean", show_default=True,
+                         help="Spatial reduction of the stored rows."),
+        ]):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _pairs_option(value: str) -> int | str:
+    if value == "all":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise ActdbError(f"--pairs must be a positive number or 'all', got {value!r}")
+    return int(value)
+
+
+def _echo_floats(frame, float_format: str = "{:.4g}") -> None:
+    shown = frame.copy()
+    for column in shown.select_dtypes("float").columns:
+        shown[column] = shown[column].map(float_format.format)
+    _print_table(shown)
+
+
+def _saved(kind: str, path) -> None:
+    click.echo(f"{kind} written to {path}", err=True)
+
+
+@cli.command()
+@_analytics_array_options(("mean", "max", "flat"))
+@click.option("--query", "queries", multiple=True, help="Also measure from QUERY (file, id:N, optimized:NAME, .npy); repeatable.")
+@click.option("--classes", help="Classes to include, comma-separated (labels, wnids or names).")
+@click.option("--random-classes", type=int, default=10, show_default=True, help="Plus this many classes drawn at random.")
+@click.option("--per-class", type=int, default=100, show_default=True, help="At most N images per class (seeded sample).")
+@click.option("--pairs", default="5000", show_default=True, help="Pairs sampled per group, or 'all' pairs of the selection.")
+@click.option("--metric", type=click.Choice(["l2", "cosine", "correlation"]), default="l2", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-images", type=int, default=2000, show_default=True, help="--reduce flat: most feature maps computed.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write overlaid density histograms to this PNG.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def distances(ctx, model, layer, reduce, queries, classes, random_classes, per_class, pairs, metric, seed,
+              max_images, plot, as_json):
+    """Distances between stored images (same class, different class, random pairs) and, with
+    --query, from each query to every member of each class.
+
+    --reduce flat computes whole feature maps from the image files (the seeds' flat 14x14x512
+    vectors) to compare with the stored means.
+
+    \b
+    actdb distances --model vgg19 --layer block5_conv4 --classes sea_cucumber,groenendael \\
+        --query optimized:node4 --plot distances.png
+    """
+    report = _db(ctx).distances(model, layer, reduce, list(queries), _csv_list(classes), random_classes, per_class,
+                                _pairs_option(pairs), metric, seed, max_images, progress=sys.stderr.isatty())
+    if plot:
+        from .analytics import plots
+
+        _saved("plot", plots.save(plots.distances_figure(report), plot))
+    if as_json:
+        _print_json({"title": report.title, "pairs": report.pairs.to_dict("records"),
+                     "queries": report.queries.to_dict("records")})
+        return
+    click.echo(report.title)
+    _echo_floats(report.pairs)
+    for query, rows in (report.queries.groupby("query", sort=False) if len(report.queries) else []):
+        click.echo(f"\nfrom {query} (percentile: of the class's same-class pair distances below the median)")
+        _echo_floats(rows.drop(columns="query"))
+
+
+@cli.command(name="map")
+@_analytics_array_options()
+@click.option("--method", type=click.Choice(["pca", "tsne", "umap"]), default="pca", show_default=True,
+              help="tsne: openTSNE (fitted maps are kept in the store); umap needs actdb[umap].")
+@click.option("--classes", help="Classes to map, comma-separated (default: all).")
+@click.option("--per-class", type=int, default=100, show_default=True, help="At most N images per class (seeded).")
+@click.option("--centroids", is_flag=True, help="Map class means (every stored row) instead of images.")
+@click.option("--highlight", "highlight", multiple=True, help="QUERY to place on the map, drawn on top; repeatable.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write every point's coordinates (.parquet or .csv).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the map to this PNG.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def map_command(ctx, model, layer, reduce, method, classes, per_class, centroids, highlight, seed, out, plot,
+                as_json):
+    """Stored images (or class centroids) in 2-D, with queries placed in the same map.
+
+    \b
+    actdb map --model vgg19 --layer block5_conv4 --method tsne --classes sea_cucumber,groenendael \\
+        --highlight optimized:node4 --plot map.png
+    """
+    from .analytics.maps import checked_coordinates_path, save_coordinates
+
+    if out:
+        checked_coordinates_path(out)
+    frame = _db(ctx).map(model, layer, reduce, method, _csv_list(classes), per_class, centroids, list(highlight),
+                         seed)
+    if out:
+        _saved("coordinates", save_coordinates(frame, out))
+    if plot:
+        from .analytics import plots
+
+        _saved("plot", plots.save(plots.map_figure(frame), plot))
+    if as_json:
+        click.echo(frame.to_json(orient="records"))
+        return
+    points = frame[frame.kind != "query"]
+    how = "from the store's cache" if frame.attrs["cached"] else "fitted"
+    click.echo(f"{frame.attrs['title']}: {len(points)} points of {points.label.nunique()} classes, "
+               f"{how} in {frame.attrs['fit_seconds']:.2f} s")
+    summary = points.groupby("label", sort=False).agg(n=("x", "size"), x=("x", "mean"), y=("y", "mean"))
+    _echo_floats(summary.reset_index().rename(columns={"label": "class", "x": "mean x", "y": "mean y"}))
+    queries = frame[frame.kind == "query"]
+    if len(queries):
+        click.echo(f"\nhighlighted (placed in {frame.attrs['place_seconds'] * 1e3:.0f} ms):")
+        _echo_floats(queries[["label", "id", "x", "y"]].rename(columns={"label": "query"}))
+
+
+@cli.command(name="top-images")
+@_analytics_array_options()
+@click.option("--unit", type=int, required=True, help="Channel index in the layer.")
+@click.option("-k", "k", type=int, default=16, show_default=True)
+@click.option("--bottom", is_flag=True, help="The images that suppress the unit most.")
+@click.option("--where", help="SQL condition on images columns, e.g. \"split = 'train'\".")
+@click.option("--montage", type=click.Path(dir_okay=False), help="Write the images, labelled, to this PNG.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def top_images(ctx, model, layer, reduce, unit, k, bottom, where, montage, as_json):
+    """Dataset examples: the k stored images that excite UNIT most (streamed over the array).
+
+    Microscope and Summit rank by the spatial max: use --reduce max where the store has it.
+
+    \b
+    actdb top-images --model vgg19 --layer block5_conv4 --reduce max --unit 4 --montage unit4.png
+    """
+    frame = _db(ctx).top_images(unit, model, layer, reduce, k, bottom, where)
+    if frame.attrs.get("note"):
+        click.echo(f"note: {frame.attrs['note']}", err=True)
+    if montage:
+        from .analytics import plots
+
+        _saved("montage", plots.save(plots.montage_figure(frame), montage))
+    if as_json:
+        click.echo(frame.to_json(orient="records"))
+        return
+    click.echo(frame.attrs["title"])
+    _echo_floats(frame)
+
+
+@cli.command(name="top-classes")
+@_analytics_array_options()
+@click.option("--unit", type=int, required=True, help="Channel index in the layer.")
+@click.option("--by", type=click.Choice(["mean", "median", "topk-share"]), default="mean", show_default=True,
+              help="The unit's mean or median over each class's members, or each class's share of its top k images.")
+@click.option("--top", type=int, default=10, show_default=True)
+@click.option("-k", "k", type=int, default=100, show_default=True, help="Top images for --by topk-share.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a bar chart to this PNG.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def top_classes(ctx, model, layer, reduce, unit, by, top, k, plot, as_json):
+    """The classes UNIT responds to most.
+
+    \b
+    actdb top-classes --model vgg19 --layer block5_conv4 --unit 4 --by topk-share -k 100
+    """
+    frame = _db(ctx).top_classes(unit, model, layer, reduce, by, top, k)
+    if plot:
+        from .analytics import plots
+
+        _saved("plot", plots.save(plots.top_classes_figure(frame), plot))
+    if as_json:
+        click.echo(frame.to_json(orient="records"))
+        return
+    click.echo(frame.attrs["title"])
+    _echo_floats(frame)
+
+
+@cli.command()
+@click.argument("queries", nargs=-1, required=True)
+@_analytics_array_options()
+@click.option("--top", type=int, default=10, show_default=True, help="Units shown per query (highest z-score).")
+@click.option("--vs-class", help="Also show this class's mean profile.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the profiles to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Every unit of every query as JSON.")
+@click.pass_context
+def profile(ctx, queries, model, layer, reduce, top, vs_class, plot, as_json):
+    """Each QUERY's activation over every unit of the layer, raw and as z-scores against the
+    stored images' per-unit mean and std; its most excited units.
+
+    \b
+    actdb profile optimized:node4 --model vgg19 --layer block5_conv4 --vs-class sea_cucumber --plot profile.png
+    """
+    frame = _db(ctx).profile(list(queries), model, layer, reduce, vs_class)
+    if plot:
+        from .analytics import plots
+
+        _saved("plot", plots.save(plots.profile_figure(frame), plot))
+    if as_json:
+        click.echo(frame.to_json(orient="records"))
+        return
+    click.echo(f"{frame.attrs['title']}; z against {frame.attrs['rows']} stored images")
+    for query, rows in frame.groupby("query", sort=False):
+        click.echo(f"\n{query}: the {top} most excited units (by z-score)")
+        _echo_floats(rows[rows["rank"] <= top].sort_values("rank").drop(columns="query"))
+
 
 # ---- analytics II: circuits, feature maps, differentiation, comparison ---------------------
 # (actdb weights / featuremaps / differentiation / compare)
@@ -658,7 +868,8 @@ def compare(ctx, model, layers, model_names, layer, method, reduce, where, max_i
 @_needs_tensorflow
 def demo(ctx, model, views):
     """Real photos end to end: ingest augmented views, classify, index, query nearest images and classes;
-    then optimized images of EfficientNet-Lite0, classified and placed among the stored classes."""
+    optimized images of EfficientNet-Lite0, classified and placed among the stored classes; and the
+    analytics' plots (STORE/plots/)."""
     from .demo import DEMO_LAYERS, build_image_set, default_model, held_out_views, optimized_story
 
     model = model or default_model()
@@ -676,14 +887,15 @@ def demo(ctx, model, views):
     ctx.invoke(neighbors, queries=queries[:1], model=model, layer=query_layer, k=5)
     click.echo("== actdb classes --by centroid (new views of each photo: is the photo's class nearest?)")
     ctx.invoke(rank_classes, queries=queries, model=model, layer=query_layer, top=2)
-    click.echo("== actdb info")
-    ctx.invoke(info)
     click.echo("\n== actdb optimize: the seeds' story in miniature (units of a late layer, one class logit);\n"
                "   what EfficientNet-Lite0/1/2 call each image, and its nearest class in this store")
     table, sheet = optimized_story(_db(ctx), model, query_layer, progress=sys.stderr.isatty())
     click.echo(table.to_string(index=False))
-    click.echo(f"contact sheet: {sheet}")
+    click.echo(f"contact sheet: {sheet}\n")
+    _demo_analytics(ctx, model, query_layer, queries)
     _demo_analytics_ii(ctx, folder, originals, views)
+    click.echo("\n== actdb info")
+    ctx.invoke(info)
 
 
 def _demo_analytics_ii(ctx, folder, originals, views) -> None:
@@ -705,6 +917,36 @@ def _demo_analytics_ii(ctx, folder, originals, views) -> None:
     ctx.invoke(differentiation, sets=(noise, str(folder)), model=lite, layers=BLOCK_OUTPUTS,
                plot_path=str(plots / "differentiation.png"))
     click.echo(f"\nplots: {', '.join(sorted(p.name for p in plots.glob('*.png')))} in {plots}")
+
+
+def _demo_analytics(ctx, model: str, layer: str, queries: list[str]) -> None:
+    """Analytics I on the demo's data, as in the seeds: one held-out photo view as the query."""
+    from pathlib import Path
+
+    from .demo import saved_query_vectors
+
+    plots = Path(ctx.obj["store"]) / "plots"
+    queries = saved_query_vectors(_db(ctx), model, layer, queries, plots / "queries")
+    query = next(q for q in queries if "coffee" in Path(q).name)
+    array = {"model": model, "layer": layer}
+    click.echo(f"== actdb distances --classes espresso --random-classes 5 --query {Path(query).name} --pairs all")
+    ctx.invoke(distances, **array, reduce="mean", queries=[query], classes="espresso", random_classes=5, per_class=100,
+               pairs="all", metric="l2", seed=0, max_images=2000, plot=plots / "distances.png", as_json=False)
+    click.echo("\n== actdb map --method tsne --highlight (a new view of each photo, as vectors in plots/queries/)")
+    ctx.invoke(map_command, **array, reduce="mean", method="tsne", classes=None, per_class=100, centroids=False,
+               highlight=queries, seed=0, out=None, plot=plots / "map-tsne.png", as_json=False)
+    click.echo(f"\n== actdb profile {Path(query).name} --vs-class espresso --top 5")
+    ctx.invoke(profile, queries=[query], **array, reduce="mean", top=5, vs_class="espresso",
+               plot=plots / "profile.png", as_json=False)
+    excited = _db(ctx).profile([query], model, layer).query("rank <= 20")
+    unit = int(excited.unit[excited.value.idxmax()])
+    click.echo(f"\n== actdb top-images --unit {unit} (of the new coffee view's top 20 units by z, its strongest) -k 8")
+    ctx.invoke(top_images, **array, reduce="mean", unit=unit, k=8, bottom=False, where=None,
+               montage=plots / "top-images.png", as_json=False)
+    click.echo(f"\n== actdb top-classes --unit {unit} --by mean")
+    ctx.invoke(top_classes, **array, reduce="mean", unit=unit, by="mean", top=6, k=100,
+               plot=plots / "top-classes.png", as_json=False)
+    click.echo(f"\nplots in {plots}\n")
 
 
 def main() -> None:

@@ -86,6 +86,56 @@ class Database(Store):
 
     # -- analytics I: distances, maps, dataset examples, profiles ----------------------------------
 
+    def distances(self, model: str | None = None, layer: str | None = None, reduce: str = "mean", queries=None,
+                  classes: list[str] | None = None, random_classes: int = 10, per_class: int | None = 100,
+                  pairs: int | str = 5000, metric: str = "l2", seed: int = 0, max_images: int = 2000,
+                  weights: str | None = None, progress: bool = False):
+        """Same-class / different-class / random pair distances of a seeded selection and, with
+        `queries`, each query's distances to every chosen class (a `DistanceReport`).
+        `reduce="flat"`: whole feature maps computed from the images (at most `max_images`)."""
+        from .analytics.distances import distances
+
+        return distances(self, model, layer, reduce, _as_list(queries) if queries else None, classes,
+                         random_classes, per_class, pairs, metric, seed, max_images, weights, progress)
+
+    def map(self, model: str | None = None, layer: str | None = None, reduce: str = "mean", method: str = "pca",
+            classes: list[str] | None = None, per_class: int | None = 100, centroids: bool = False,
+            highlight=None, seed: int = 0, weights: str | None = None) -> pd.DataFrame:
+        """2-D map (pca | tsne | umap) of stored images or class centroids, with `highlight` queries placed in it."""
+        from .analytics.maps import map_points
+
+        return map_points(self, model, layer, reduce, method, classes, per_class, centroids,
+                          _as_list(highlight) if highlight else None, seed, weights)
+
+    def top_images(self, unit: int, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                   k: int = 16, bottom: bool = False, where: str | None = None,
+                   weights: str | None = None) -> pd.DataFrame:
+        """The k stored images that excite (`bottom`: suppress) a unit most, streamed over the array."""
+        from .analytics.top_images import top_images
+
+        return top_images(self, model, layer, unit, reduce, k, bottom, where, weights)
+
+    def top_classes(self, unit: int, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                    by: str = "mean", top: int = 10, k: int = 100, weights: str | None = None) -> pd.DataFrame:
+        """Classes ranked by a unit's mean or median over their members, or their share of its top k images."""
+        from .analytics.top_classes import top_classes
+
+        return top_classes(self, model, layer, unit, reduce, by, top, k, weights)
+
+    def profile(self, queries, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                vs_class: str | None = None, weights: str | None = None) -> pd.DataFrame:
+        """Each query's activation over every unit, raw and as z-scores against the stored rows."""
+        from .analytics.profile import profile
+
+        return profile(self, _as_list(queries), model, layer, reduce, vs_class, weights)
+
+    def unit_stats(self, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                   weights: str | None = None, refresh: bool = False):
+        """Per-unit mean and std over all rows and per class (kept in the catalog, refreshed when rows are added)."""
+        from .analytics.unitstats import unit_stats
+
+        return unit_stats(self, self.find_array(model, layer, reduce, weights), refresh)
+
 
     # -- analytics II: circuits, feature maps, differentiation, comparison -------------------------
 

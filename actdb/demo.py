@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from .models import KERAS_APPLICATIONS, keras_cache_dir
 
 # Layers worth storing per demo model (a late conv stage, the pooled features), and the one queried.
@@ -76,7 +78,7 @@ def optimized_story(db, query_model: str, query_layer: str, progress: bool = Tru
                                 f"{OPTIMIZE_CLASS} logit, fft method, {OPTIMIZE_STEPS} steps")
     units = dict(zip(picked, UNIT_CLASSES))
     queries = [f"optimized:{name}" for name in made.name]
-    predictions, _ = predict(queries, list(PREDICT_MODELS), top=1, store=db.path)
+    predictions, _ = predict(queries, list(PREDICT_MODELS), top=1, db=db)
     top1 = pd.DataFrame([p.__dict__ for p in predictions]).pivot(index="query", columns="model", values="name")
     nearest = db.classes(queries, query_model, query_layer, top=1).set_index("query")
     table = pd.DataFrame({
@@ -98,3 +100,17 @@ def class_units(db) -> list[int]:
     overall = db.activations(OPTIMIZE_MODEL, UNITS_LAYER).mean(axis=0)
     return [int((db.activations(OPTIMIZE_MODEL, UNITS_LAYER, classes=[c]).mean(axis=0) - overall).argmax())
             for c in UNIT_CLASSES]
+
+
+def saved_query_vectors(db, model: str, layer: str, paths: list[str], folder: Path) -> list[str]:
+    """Each query image through the model once, saved as `folder/<name>.npy`: the analytics
+    that follow then query by vector instead of loading the model again for each command."""
+    from .resolve import resolve
+
+    folder.mkdir(parents=True, exist_ok=True)
+    resolved = resolve(db, db.find_array(model, layer), paths)
+    saved = []
+    for path, vector in zip(paths, resolved.vectors):
+        saved.append(str(folder / f"{Path(path).stem}.npy"))
+        np.save(saved[-1], vector)
+    return saved

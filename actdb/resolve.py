@@ -8,6 +8,7 @@ or a `.npy` vector.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,12 +191,17 @@ def _checked_vector(vector: np.ndarray, channels: int, name: str) -> np.ndarray:
     return vector
 
 
-def file_vectors(db, array: pd.Series, paths: list[str]) -> np.ndarray:
-    """Image files through the same model and settings as the stored rows."""
-    return _files_through_layers(db, array, [array.layer], paths)[array.layer]
+def file_vectors(db, array: pd.Series, paths: list[str], reduce: str | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """Image files through the same model and settings as the stored rows.
+
+    `reduce`: another spatial reduction than the array's, e.g. `forward.FULL_MAPS` for
+    whole feature maps, returned flattened (H*W*C values per image)."""
+    return _files_through_layers(db, array, [array.layer], paths, reduce, progress)[array.layer]
 
 
-def _files_through_layers(db, array: pd.Series, layers: list[str], paths: list[str]) -> dict[str, np.ndarray]:
+def _files_through_layers(db, array: pd.Series, layers: list[str], paths: list[str], reduce: str | None = None,
+                          progress: bool = False) -> dict[str, np.ndarray]:
     """Files through `array`'s model and settings, at every layer in `layers` (one model load)."""
     from .images import pixels_of_file
     from .models import load_model, weights_digest
@@ -208,12 +214,18 @@ def _files_through_layers(db, array: pd.Series, layers: list[str], paths: list[s
     if weights_digest(loaded.keras_model) != model.weights_digest:
         raise ActdbError(f"the weights of {model['name']} on this machine differ from those of the stored rows; "
                          "queries would not be comparable")
-    extractor = Extractor(loaded, layers, array.reduce, _ingest_batch_size(db, array))
+    extractor = Extractor(loaded, layers, reduce or array.reduce, _ingest_batch_size(db, array))
     rows = []
-    for start in range(0, len(paths), extractor.batch_size):
+    starts = range(0, len(paths), extractor.batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"{array.layer} forward", unit="batch", file=sys.stderr)
+    for start in starts:
         chunk = paths[start : start + extractor.batch_size]
         pixels = np.stack([pixels_of_file(p, loaded.input_size, array.resize) for p in chunk])
-        rows.append(extractor(pixels))
+        out = extractor(pixels)
+        rows.append({layer: out[layer].reshape(len(chunk), -1) for layer in layers})
     return {layer: np.concatenate([r[layer] for r in rows]) for layer in layers}
 
 

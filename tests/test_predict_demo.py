@@ -76,5 +76,10 @@ def test_demo_runs_end_to_end(tmp_path, run_cli):
     logit_row = next(line for line in story.splitlines() if "optimized:logits.u329" in line)
     assert logit_row.split()[4] == "sea_cucumber"  # EfficientNet-Lite0's top-1 for its own sea_cucumber logit image
     assert (tmp_path / "demo" / "plots" / "optimized.png").is_file()
+    plots = tmp_path / "demo" / "plots"
+    for name in ("distances", "map-tsne", "profile", "top-images", "top-classes"):
+        assert (plots / f"{name}.png").stat().st_size > 10_000, name
+    distances = result.output.split("== actdb distances")[1].split("== actdb map")[0]
+    assert "        espresso  " in distances.split("from ")[1].splitlines()[2]  # the coffee view: espresso ranks first
     again = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
     assert "ingested 0, skipped 12" in again.output

@@ -137,6 +137,21 @@ CREATE TABLE IF NOT EXISTS optimized_vectors (  -- the PNG through each stored a
 );
 """
 
+# Per-unit statistics of an array (analytics): added after schema version 1, so it is
+# created on first write and stores made before it still open.
+UNIT_STATS_TABLE = """
+CREATE TABLE IF NOT EXISTS unit_stats (
+    array_id INTEGER NOT NULL,
+    class VARCHAR NOT NULL,        -- a label, or '*' for every row
+    members BIGINT NOT NULL,       -- finite rows counted
+    mean FLOAT[] NOT NULL,         -- per channel
+    std FLOAT[] NOT NULL,          -- per channel, population (ddof 0)
+    rows_done BIGINT NOT NULL,     -- done rows of the array when computed: any other count now means stale
+    computed_at TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (array_id, class)
+);
+"""
+
 _LOCK_RETRY_SECONDS = 10.0
 
 # Every read session, the user's SQL among them, reaches only the catalog's own tables: no
@@ -177,6 +192,7 @@ class Catalog:
         try:
             con.execute(SCHEMA)
             con.execute(OPTIMIZED_SCHEMA)
+            con.execute(UNIT_STATS_TABLE)
             con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
             con.executemany(
                 "INSERT INTO imagenet_classes VALUES (?, ?, ?)",

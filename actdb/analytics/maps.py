@@ -1,0 +1,166 @@
+"""`actdb map`: stored images (or class centroids) in 2-D by PCA, t-SNE or UMAP, with query
+vectors placed into the same map and returned with it, so the plot can draw them (the
+seeds' t-SNE plot drew two sea_cucumber images instead of the optimized one).
+
+t-SNE is openTSNE's: FFT-accelerated, and its `transform` places new points into a fitted
+embedding without refitting. Fitted t-SNE and UMAP maps are kept under STORE/maps/, keyed
+by everything they were fitted on (array, ids, method, parameters, seed): highlighting
+another query on the same map costs a `transform`, not a fit.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ActdbError
+from ..resolve import resolve
+from . import selection
+from .unitstats import unit_stats
+
+METHODS = ("pca", "tsne", "umap")
+MAPS_DIR = "maps"
+TSNE_PERPLEXITY = 30.0
+MAP_FORMAT = 1  # bump when what is pickled changes
+
+
+def map_points(db, model: str | None, layer: str | None, reduce: str = "mean", method: str = "pca",
+               classes: list[str] | None = None, per_class: int | None = 100, centroids: bool = False,
+               highlight: list[str] | None = None, seed: int = 0, weights: str | None = None) -> pd.DataFrame:
+    """kind (image | centroid | query), id, label, x, y: the map and the highlighted queries.
+
+    Images: the named classes (default: all) with at most `per_class` members each, seeded.
+    `centroids`: one point per class, the class mean over all its stored rows."""
+    if method not in METHODS:
+        raise ActdbError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
+    array = db.find_array(model, layer, reduce, weights)
+    points, vectors = (_centroid_points(db, array, classes) if centroids
+                       else _image_points(db, array, classes, per_class, seed))
+    if len(points) < 3:
+        raise ActdbError(f"a map needs at least 3 points, the selection has {len(points)}: choose more classes")
+    started = time.perf_counter()
+    embedding, cached = _fitted(db, array, method, points, vectors, seed)
+    points[["x", "y"]] = _coordinates(method, embedding, vectors)
+    fit_seconds = time.perf_counter() - started
+    frames = [points]
+    if highlight:
+        resolved = resolve(db, array, highlight)
+        started = time.perf_counter()
+        placed = _place(method, embedding, resolved.vectors.astype(np.float64))
+        frames.append(pd.DataFrame({"kind": "query", "id": resolved.image_ids, "label": resolved.texts,
+                                    "x": placed[:, 0], "y": placed[:, 1]}))
+        points.attrs["place_seconds"] = time.perf_counter() - started
+    result = pd.concat(frames, ignore_index=True)
+    result["id"] = result["id"].astype("Int64")
+    result.attrs.update(points.attrs, fit_seconds=fit_seconds, cached=cached,
+                        title=f"{selection.describe(array)}: {_method_title(method)} of "
+                              f"{'class centroids' if centroids else 'stored images'}")
+    return result
+
+
+def _image_points(db, array, classes, per_class, seed) -> tuple[pd.DataFrame, np.ndarray]:
+    chosen = selection.sample(db, array, classes or selection.stored_labels(db, array), 0, per_class, seed)
+    vectors = selection.read_vectors(db, array, chosen.ids)
+    finite = selection.finite_rows(vectors)
+    points = pd.DataFrame({"kind": "image", "id": chosen.ids[finite], "label": chosen.labels[finite]})
+    return points, vectors[finite].astype(np.float64)
+
+
+def _centroid_points(db, array, classes) -> tuple[pd.DataFrame, np.ndarray]:
+    stats = unit_stats(db, array)
+    keep = np.ones(len(stats.classes), bool)
+    if classes:
+        keep = np.isin(stats.classes, [selection.class_label(db, array, name) for name in classes])
+    return pd.DataFrame({"kind": "centroid", "id": None, "label": stats.classes[keep]}), stats.class_mean[keep]
+
+
+def _method_title(method: str) -> str:
+    return {"pca": "PCA", "tsne": "t-SNE (openTSNE)", "umap": "UMAP"}[method]
+
+
+def _fitted(db, array, method: str, points: pd.DataFrame, vectors: np.ndarray, seed: int):
+    """The fitted model: PCA is refitted (milliseconds); t-SNE and UMAP come from the store's cache."""
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit(vectors), False
+    key = _cache_key(array, method, points, seed)
+    path = db.path / MAPS_DIR / f"{method}-{key}.pkl"
+    if path.is_file():
+        with open(path, "rb") as f:
+            return pickle.load(f), True
+    embedding = _fit_tsne(vectors, seed) if method == "tsne" else _fit_umap(vectors, seed)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(embedding, f)
+    tmp.rename(path)  # a killed run leaves no half-written map
+    return embedding, False
+
+
+def _cache_key(array, method: str, points: pd.DataFrame, seed: int) -> str:
+    identity = {"format": MAP_FORMAT, "array": int(array.array_id), "rows_done": None, "method": method,
+                "seed": seed, "kind": points.kind.iloc[0], "labels": points.label.tolist(),
+                "ids": [None if pd.isna(i) else int(i) for i in points.id]}
+    if points.kind.iloc[0] == "centroid":
+        identity["rows_done"] = int(array.rows_done)  # class means move as rows are added
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
+
+
+def tsne_perplexity(n_points: int) -> float:
+    """openTSNE needs a perplexity below a third of the points; 30 (its default) where it fits."""
+    return float(min(TSNE_PERPLEXITY, max(1.0, (n_points - 1) / 3.0)))
+
+
+def _fit_tsne(vectors: np.ndarray, seed: int):
+    from openTSNE import TSNE
+
+    return TSNE(perplexity=tsne_perplexity(len(vectors)), random_state=seed, n_jobs=1).fit(vectors)
+
+
+def _fit_umap(vectors: np.ndarray, seed: int):
+    try:
+        import umap
+    except ImportError:
+        raise ActdbError("--method umap needs umap-learn: pip install 'actdb[umap]' (or use --method tsne)") from None
+    return umap.UMAP(n_components=2, random_state=seed).fit(vectors)
+
+
+def _coordinates(method: str, embedding, vectors: np.ndarray) -> np.ndarray:
+    if method == "pca":
+        return embedding.transform(vectors)
+    if method == "tsne":
+        return np.asarray(embedding)
+    return embedding.embedding_
+
+
+def _place(method: str, embedding, queries: np.ndarray) -> np.ndarray:
+    """Queries into the fitted map without refitting it."""
+    if method == "tsne":
+        k = min(25, len(embedding) - 1)
+        return np.asarray(embedding.transform(queries, k=k, perplexity=min(5.0, (k - 1) / 3.0)))
+    return embedding.transform(queries)
+
+
+def checked_coordinates_path(path: str | Path) -> Path:
+    """--out must name a .parquet or .csv file (checked before any fitting)."""
+    path = Path(path)
+    if path.suffix not in (".parquet", ".csv"):
+        raise ActdbError(f"--out {path}: write a .parquet or .csv file")
+    return path
+
+
+def save_coordinates(frame: pd.DataFrame, path: str | Path) -> Path:
+    """--out: the map as Parquet or CSV, by the file's suffix."""
+    path = checked_coordinates_path(path)
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path

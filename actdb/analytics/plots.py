@@ -1,0 +1,155 @@
+"""Figures for the analytics, drawn from the data the analyses return (never recomputing):
+headless matplotlib, labelled axes, a legend, and a title naming model, layer, reduction
+and metric. Each `*_figure` returns the Figure; `save` writes it as a PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .distances import DistanceReport  # noqa: E402
+
+HIGHLIGHT_GID = "highlight"  # the queries' scatter, so they can be found again on the figure
+MAX_LEGEND_CLASSES = 20
+MAX_QUERY_PANELS = 3
+PAIR_COLOURS = {"random pairs": "tab:gray", "same class": "tab:red", "different class": "tab:blue"}
+
+
+def save(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def _bins(samples) -> np.ndarray:
+    values = np.concatenate([np.asarray(v) for v in samples if len(v)])
+    return np.histogram_bin_edges(values, bins=50)
+
+
+def distances_figure(report: DistanceReport):
+    """Overlaid density histograms: the pair groups, and each query's distances to its targets."""
+    queries = list(dict.fromkeys(q for q, _ in report.query_samples))[:MAX_QUERY_PANELS]
+    figure, axes = plt.subplots(1, 1 + len(queries), figsize=(6.5 * (1 + len(queries)), 4.2), squeeze=False)
+    pairs_axis = axes[0, 0]
+    bins = _bins(report.pair_samples.values())
+    for group, values in report.pair_samples.items():
+        if len(values):
+            pairs_axis.hist(values, bins=bins, density=True, histtype="step", linewidth=1.8,
+                            color=PAIR_COLOURS.get(group), label=f"{group} (n={len(values)})")
+    pairs_axis.set(title="image pairs", xlabel="distance", ylabel="density")
+    pairs_axis.legend(fontsize=8)
+    for axis, query in zip(axes[0, 1:], queries):
+        targets = {t: v for (q, t), v in report.query_samples.items() if q == query and t in report.drawn_targets}
+        bins = _bins([*targets.values(), report.pair_samples.get("different class", [])])
+        for target, values in targets.items():
+            if len(values):
+                axis.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.35, linewidth=1.5,
+                          edgecolor="black", label=f"to {target} (n={len(values)})")
+        context = report.pair_samples.get("different class", np.empty(0))
+        if len(context):
+            axis.hist(context, bins=bins, density=True, histtype="step", color="black", linewidth=1.2,
+                      label="different-class pairs")
+        axis.set(title=f"from {Path(query).name}", xlabel="distance", ylabel="density")
+        axis.legend(fontsize=8)
+    figure.suptitle(report.title)
+    figure.tight_layout()
+    return figure
+
+
+def map_figure(frame: pd.DataFrame):
+    """The map's points by class; queries drawn last, on top, as labelled stars."""
+    figure, axis = plt.subplots(figsize=(8, 6.5))
+    points = frame[frame.kind != "query"]
+    labels = list(dict.fromkeys(points.label))
+    colours = plt.get_cmap("tab20" if len(labels) > 10 else "tab10")
+    for position, label in enumerate(labels):
+        members = points[points.label == label]
+        axis.scatter(members.x, members.y, s=14 if members.kind.iloc[0] == "image" else 30, alpha=0.75,
+                     color=colours(position % colours.N), label=label if len(labels) <= MAX_LEGEND_CLASSES else None)
+        if members.kind.iloc[0] == "centroid" and len(labels) <= 60:
+            axis.annotate(label, (members.x.iloc[0], members.y.iloc[0]), fontsize=7, alpha=0.8)
+    queries = frame[frame.kind == "query"]
+    if len(queries):
+        axis.scatter(queries.x, queries.y, marker="*", s=320, color="black", edgecolor="yellow", linewidth=1.2,
+                     zorder=10, gid=HIGHLIGHT_GID, label="queries")
+        for row in queries.itertuples():
+            axis.annotate(Path(str(row.label)).name, (row.x, row.y), xytext=(8, 8), textcoords="offset points",
+                          fontsize=9, weight="bold", zorder=11)
+    axis.set(xlabel="dimension 1", ylabel="dimension 2", title=frame.attrs.get("title", "map"))
+    if len(labels) <= MAX_LEGEND_CLASSES or len(queries):
+        axis.legend(fontsize=8, loc="best", markerscale=1.0)
+    figure.tight_layout()
+    return figure
+
+
+def highlighted_offsets(figure) -> np.ndarray:
+    """The drawn positions of the highlighted queries (read back from the figure's artist)."""
+    for collection in figure.axes[0].collections:
+        if collection.get_gid() == HIGHLIGHT_GID:
+            return np.asarray(collection.get_offsets())
+    return np.empty((0, 2))
+
+
+def montage_figure(frame: pd.DataFrame, columns: int = 8):
+    """The top images in rank order, each titled with its class and the unit's value."""
+    from PIL import Image
+
+    rows = -(-len(frame) // columns)
+    columns = min(columns, len(frame))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows + 0.5), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, row in zip(axes.ravel(), frame.itertuples()):
+        try:
+            with Image.open(row.path) as image:
+                image.thumbnail((160, 160))
+                axis.imshow(np.asarray(image.convert("RGB")))
+        except (OSError, ValueError, AttributeError):
+            axis.text(0.5, 0.5, "image file\nnot found", ha="center", va="center", fontsize=8)
+        axis.set_title(f"#{row.rank} {row.label}\n{row.value:.3g}", fontsize=8)
+    figure.suptitle(frame.attrs.get("title", "top images") + " (class, value)")
+    figure.tight_layout()
+    return figure
+
+
+def profile_figure(frame: pd.DataFrame):
+    """Per query: raw values over the units with the dataset mean ± std (and a class's mean), and z-scores."""
+    figure, (raw, scores) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    first = frame[frame["query"] == frame["query"].iloc[0]]
+    units = first.unit.to_numpy()
+    raw.fill_between(units, first.dataset_mean - first.dataset_std, first.dataset_mean + first.dataset_std,
+                     color="0.85", label=f"dataset mean ± std ({frame.attrs.get('rows', '?')} images)")
+    raw.plot(units, first.dataset_mean, color="0.5", linewidth=0.8, label="dataset mean")
+    if "class_mean" in frame:
+        raw.plot(units, first.class_mean, color="tab:green", linewidth=0.9, label=f"{frame.attrs['class']} mean")
+    for query, rows in frame.groupby("query", sort=False):
+        line, = raw.plot(rows.unit, rows.value, linewidth=0.9, label=Path(query).name)
+        scores.plot(rows.unit, rows.z, linewidth=0.9, color=line.get_color(), label=Path(query).name)
+        top = rows.nsmallest(3, "rank")
+        scores.scatter(top.unit, top.z, color=line.get_color(), zorder=5)
+        for unit, z in zip(top.unit, top.z):
+            scores.annotate(str(unit), (unit, z), xytext=(3, 3), textcoords="offset points", fontsize=8)
+    raw.set(ylabel="activation", title=frame.attrs.get("title", "profile"))
+    scores.axhline(0, color="0.5", linewidth=0.6)
+    scores.set(xlabel="unit (channel)", ylabel="z-score vs dataset")
+    raw.legend(fontsize=8, loc="upper right")
+    scores.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    return figure
+
+
+def top_classes_figure(frame: pd.DataFrame):
+    figure, axis = plt.subplots(figsize=(7, 0.35 * len(frame) + 1.5))
+    axis.barh(frame["class"][::-1], frame.score[::-1], color="tab:blue", label=frame.attrs.get("by", "score"))
+    axis.set(xlabel=frame.attrs.get("by", "score"), ylabel="class", title=frame.attrs.get("title", "top classes"))
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
