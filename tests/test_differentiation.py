@@ -138,7 +138,7 @@ def test_where_sets_select_stored_images(run_cli, tiny_model_path, tmp_path):
 @pytest.mark.parametrize("sets, message", [
     (("EMPTY",), "has 0 image(s): differentiation needs at least 2"),
     (("noise:1",), "write noise:N with N >= 2"),
-    (("where:label = 'x'",), "no store given: pass --store PATH or set ACTDB_STORE"),
+    (("where:label = 'x'",), "no store given: name one (actdb --store PATH"),
     (("nowhere/",), "is not a folder of images, where:SQL or noise:N"),
 ])
 def test_bad_sets_are_one_line(run_cli, tiny_model_path, tmp_path, monkeypatch, sets, message):
