@@ -101,7 +101,7 @@ def _db(ctx):
 @click.option("--workers", type=click.IntRange(min=1), help="ray: model actors (default: one per GPU, else one per node).")
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="ray: GPUs per actor (default 1 where there are GPUs).")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True),
-              help="ray: CPUs per actor (default 1 with GPUs, else a node's CPUs).")
+              help="ray: CPUs per actor (default 1 with GPUs or --workers, else a node's CPUs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context

@@ -136,6 +136,7 @@ def test_a_killed_driver_resumes_to_the_same_store(local_ray, tmp_path, dataset,
         deadline = time.monotonic() + 120
         while driver.poll() is None and done_rows(store) == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert driver.poll() is None, f"the driver ended before the kill: {driver.stderr.read()[-2000:]}"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
     finally:

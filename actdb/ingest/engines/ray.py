@@ -79,7 +79,8 @@ def connect(options) -> Cluster:
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
-    cpus_per_worker = options.cpus_per_worker or (1.0 if gpus_per_worker else _smallest_node_cpus(ray))
+    cpus_per_worker = options.cpus_per_worker or (1.0 if gpus_per_worker or options.workers
+                                                  else _smallest_node_cpus(ray))
     workers = options.workers or max(1, int(gpus // gpus_per_worker if gpus_per_worker else cpus // cpus_per_worker))
     for name, per_worker, available in (("cpus", cpus_per_worker, cpus), ("gpus", gpus_per_worker, gpus)):
         if workers * per_worker > available:
