@@ -146,8 +146,8 @@ def main() -> None:
     print(f"TensorFlow {tf.__version__}, Ray {ray.__version__}, {CPUS} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{MODEL} -> {LAYER} (weights {WEIGHTS}), {n} JPEG views of real photos, batch {bs}")
     ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False, object_store_memory=512 << 20)
-    configs = {f"ray, 1 worker x {CPUS} CPUs (default)": {},
-               f"ray, {CPUS} workers x 1 CPU": {"workers": CPUS, "cpus_per_worker": 1}}
+    configs = {f"ray, {CPUS} workers x 1 CPU (default)": {},
+               f"ray, 1 worker x {CPUS} CPUs": {"workers": 1, "cpus_per_worker": CPUS}}
     local_ips, steady, whole, startup = [], {c: [] for c in configs}, {c: [] for c in configs}, {c: [] for c in configs}
     with tempfile.TemporaryDirectory(prefix="actdb_distributed_") as tmp:
         root = Path(tmp)

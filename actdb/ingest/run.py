@@ -43,9 +43,9 @@ class IngestOptions:
     commit_seconds: float = 5.0
     engine: str = "local"  # local | ray: who executes the plan (engines/)
     address: str | None = None  # ray: an existing cluster (else RAY_ADDRESS, else a local Ray)
-    workers: int | None = None  # ray: actors, each loading the model once (default: per GPU, else per node)
+    workers: int | None = None  # ray: actors, each loading the model once (default: per GPU, else per CPU)
     gpus_per_worker: float | None = None  # ray: default 1 where the cluster has GPUs, else 0
-    cpus_per_worker: float | None = None  # ray: default 1 with GPUs or workers given, else a node's CPUs
+    cpus_per_worker: float | None = None  # ray: default 1
 
 
 @dataclass

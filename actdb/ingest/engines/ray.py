@@ -79,22 +79,13 @@ def connect(options) -> Cluster:
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     gpus_per_worker = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
-    cpus_per_worker = options.cpus_per_worker or (1.0 if gpus_per_worker or options.workers
-                                                  else _smallest_node_cpus(ray))
+    cpus_per_worker = options.cpus_per_worker or 1.0
     workers = options.workers or max(1, int(gpus // gpus_per_worker if gpus_per_worker else cpus // cpus_per_worker))
     for name, per_worker, available in (("cpus", cpus_per_worker, cpus), ("gpus", gpus_per_worker, gpus)):
         if workers * per_worker > available:
             raise ActdbError(f"--workers {workers} x --{name}-per-worker {per_worker:g} needs {workers * per_worker:g} "
                              f"{name.upper()[:-1]}s; the Ray cluster has {available:g}: ask for fewer")
     return Cluster(workers, cpus_per_worker, gpus_per_worker)
-
-
-def _smallest_node_cpus(ray) -> float:
-    """Without GPUs, one worker per node using its CPUs: TensorFlow spreads a batch over
-    threads at no cost, while each extra actor pays its own start-up and model copy
-    (bench/distributed.py: 1 worker x 2 CPUs beat 2 x 1 here)."""
-    return min((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")),
-               default=1.0)
 
 
 def _leave_gpus_to_workers() -> None:
