@@ -172,3 +172,17 @@ def test_without_ray_the_engine_says_how_to_install_it(tmp_path, dataset, wide_m
     assert result.exit_code != 0
     assert "pip install 'actdb[ray]'" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "store").exists()
+
+
+def test_the_store_probe_tells_a_node_that_does_not_share_the_store(tmp_path):
+    from actdb.ingest.engines.ray import _probe_store
+
+    shared, elsewhere = tmp_path / "shared", tmp_path / "same-name-on-another-node"
+    (shared / "activations.zarr").mkdir(parents=True)
+    (elsewhere / "activations.zarr").mkdir(parents=True)
+    (shared / ".ray-probe-abc").write_text("abc")  # what the driver wrote
+    assert _probe_store(str(shared), "abc") is None
+    assert _probe_store(str(elsewhere), "abc") == "it does not see the store's files"
+    (elsewhere / ".ray-probe-abc").write_text("old")
+    assert _probe_store(str(elsewhere), "abc") == "it sees another file at that path"
+    assert list((shared / "activations.zarr").iterdir()) == []  # the probe cleans up after itself
