@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[demo,test]"
+	$(BIN)/pip install --quiet -e ".[demo,test,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

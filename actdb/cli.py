@@ -104,6 +104,12 @@ def _db(ctx):
 @click.option("--predictions", is_flag=True, help="Also store the top-5 classes and probabilities.")
 @click.option("--commit-seconds", type=click.FloatRange(min=0), default=5.0, hidden=True,
               help="Seconds between commits (what a kill can lose).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run here, or on Ray Data (a local Ray, or the cluster at --address / RAY_ADDRESS).")
+@click.option("--address", help="ray: address of an existing Ray cluster (default: RAY_ADDRESS, else start one here).")
+@click.option("--workers", type=click.IntRange(min=1), help="ray: model actors (default: one per GPU, else per CPU).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="ray: GPUs per actor (default 1 where there are GPUs).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="ray: CPUs per actor (default 1).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context

@@ -54,7 +54,7 @@ import keras  # noqa: E402
 from actdb import images  # noqa: E402
 from actdb.database import open as open_store  # noqa: E402
 from actdb.ingest import pipeline  # noqa: E402
-from actdb.ingest import run as run_module  # noqa: E402
+from actdb.ingest.engines import local as local_engine  # noqa: E402
 from actdb.ingest.run import IngestOptions, ingest  # noqa: E402
 from actdb.ingest.sources import list_images  # noqa: E402
 from actdb.models import load_model  # noqa: E402
@@ -303,10 +303,10 @@ def decode_only(paths: list[str], batch_size: int) -> Sample:
 
 @contextmanager
 def ingest_loop_meter():
-    """Snapshots around ingest's timed loop, without touching the library: `_run` calls
+    """Snapshots around ingest's timed loop, without touching the library: the local engine calls
     pipeline.image_dataset just before its clock starts and writer.finish_run right after it stops."""
     marks = {}
-    make_dataset, finish_run = run_module.pipeline.image_dataset, run_module.writer.finish_run
+    make_dataset, finish_run = local_engine.pipeline.image_dataset, local_engine.writer.finish_run
 
     def dataset_hook(*args, **kwargs):
         marks["start"] = snapshot()
@@ -316,11 +316,11 @@ def ingest_loop_meter():
         marks.setdefault("stop", snapshot())
         return finish_run(*args, **kwargs)
 
-    run_module.pipeline.image_dataset, run_module.writer.finish_run = dataset_hook, finish_hook
+    local_engine.pipeline.image_dataset, local_engine.writer.finish_run = dataset_hook, finish_hook
     try:
         yield marks
     finally:
-        run_module.pipeline.image_dataset, run_module.writer.finish_run = make_dataset, finish_run
+        local_engine.pipeline.image_dataset, local_engine.writer.finish_run = make_dataset, finish_run
 
 
 def ingest_once(root: Path, source: Path, n: int, name: str, layer: str, precision: str, batch_size: int,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,12 @@ from ..store import arrays
 from ..store.catalog import Catalog
 from ..store.integrity import check_layout
 from ..store.locks import writer_lock
-from . import pipeline, writer
+from . import writer
+from .engines import local
 from .sources import list_images
 
 DTYPES = ("float32", "float16")
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -45,6 +46,11 @@ class IngestOptions:
     predictions: bool = False
     preprocess: str | None = None
     commit_seconds: float = 5.0
+    engine: str = "local"  # local | ray: who executes the plan (engines/)
+    address: str | None = None  # ray: an existing cluster (else RAY_ADDRESS, else a local Ray)
+    workers: int | None = None  # ray: actors, each loading the model once (default: per GPU, else per CPU)
+    gpus_per_worker: float | None = None  # ray: default 1 where the cluster has GPUs, else 0
+    cpus_per_worker: float | None = None  # ray: default 1
 
 
 @dataclass
@@ -56,6 +62,9 @@ class IngestSummary:
     failed: int
     seconds: float
     arrays: list[str]
+    engine: str = "local"
+    startup_seconds: float = 0.0  # ray: from submitting the work to the first worker ready (model loaded)
+    workers: list[dict] = field(default_factory=list)  # ray: per worker images, busy seconds, images/s
 
     @property
     def images_per_s(self) -> float:
@@ -78,20 +87,24 @@ def ingest(store: str | Path, source: str | Path, options: IngestOptions, progre
     _check_choice("resize", options.resize, RESIZE_MODES)
     _check_choice("reduce", options.reduce, forward.REDUCTIONS)
     _check_choice("dtype", options.dtype, DTYPES)
+    _check_choice("engine", options.engine, ENGINES)
     if options.batch_size is not None and options.batch_size < 1:
         raise ActdbError("--batch-size must be a positive integer")
     records = list_images(source, classes=options.classes, per_class=options.per_class, seed=options.seed,
                           limit=options.limit)
+    cluster = _ray_cluster(options) if options.engine == "ray" else None  # before the model: GPUs go to workers
     loaded = load_model(options.model, options.weights, options.precision, options.preprocess)
     layers = forward.resolve_layers(loaded.keras_model, options.layers)
     strategy = forward.default_strategy()
-    batch_size = options.batch_size or forward.default_batch_size(loaded.input_size, strategy)
+    batch_size = options.batch_size or (cluster.default_batch_size(loaded.input_size) if cluster
+                                        else forward.default_batch_size(loaded.input_size, strategy))
     replicas = strategy.num_replicas_in_sync
     batch_size = -(-batch_size // replicas) * replicas
     extractor = forward.Extractor(loaded, layers, options.reduce, batch_size, options.predictions, strategy)
 
     warm_up = threading.Thread(target=extractor.warm_up, name="actdb-trace", daemon=True)
-    warm_up.start()  # tracing overlaps the weights digest and the catalog registration below
+    if cluster is None:  # Ray workers trace their own
+        warm_up.start()  # tracing overlaps the weights digest and the catalog registration below
 
     store.mkdir(parents=True, exist_ok=True)
     with writer_lock(store, "actdb ingest"):
@@ -108,9 +121,18 @@ def ingest(store: str | Path, source: str | Path, options: IngestOptions, progre
         except BaseException:
             writer.finish_run(catalog, run_id, "failed", 0, 0, 0.0)
             raise
-        warm_up.join()
+        todo, previously_failed = _plan(catalog, ids, targets, model_id, options.predictions)
+        path_of = dict(zip(ids.tolist(), (r.path for r in records)))
+        plan = Plan(store, catalog, run_id, model_id, len(ids), todo, [path_of[i] for i in todo.tolist()],
+                    previously_failed, targets, options, batch_size)
+        del path_of
+        if cluster is None:
+            warm_up.join()
         with _sigterm_as_interrupt():
-            summary = _run(catalog, run_id, ids, records, targets, extractor, model_id, options, progress)
+            if cluster is not None:
+                summary = cluster.run(plan, loaded, progress)
+            else:
+                summary = local.run(plan, extractor, progress)
     if summary.ingested == 0 and summary.skipped == 0:
         raise ActdbError(f"none of the {summary.listed} listed images could be ingested ({_an_error(catalog)}); "
                          "see `actdb sql \"SELECT path, reason FROM errors\"`")
@@ -140,6 +162,52 @@ def _an_error(catalog: Catalog) -> str:
     with catalog.read() as con:
         row = con.execute("SELECT path, reason FROM errors ORDER BY logged_at DESC LIMIT 1").fetchone()
     return f"e.g. {row[0]}: {row[1]}" if row else "no file could be read"
+
+
+@dataclass
+class Plan:
+    """What a run must compute, decided by the driver from the catalog; an engine executes it."""
+
+    store: Path
+    catalog: Catalog
+    run_id: int
+    model_id: int
+    listed: int
+    todo: np.ndarray  # sorted ids that still lack a row, a prediction or their metadata
+    todo_paths: list[str]
+    previously_failed: int  # listed images whose decoding failed in an earlier run: not retried
+    targets: list[writer.ArrayTarget]
+    options: IngestOptions
+    batch_size: int
+
+    @property
+    def skipped(self) -> int:
+        return self.listed - len(self.todo) - self.previously_failed
+
+    @property
+    def shard_rows(self) -> int:
+        """The largest chunk height: chunk heights are powers of two, so a multiple of every one."""
+        return max(t.zarr_array.chunks[0] for t in self.targets)
+
+    def finish(self, status: str, ingested: int, seconds: float) -> None:
+        """Record how the run ended; every engine ends through here."""
+        if status == "done" and ingested == 0 and self.skipped == 0:
+            status = "failed"  # every listed file failed: nothing at all was ingested
+        writer.finish_run(self.catalog, self.run_id, status, len(self.todo), self.skipped, seconds,
+                          self.previously_failed)
+
+    def shards(self) -> list[slice]:
+        """Runs of `todo` cut at multiples of `shard_rows`: every chunk of every array written
+        falls in exactly one shard, so one task can write it whole."""
+        cuts = np.flatnonzero(np.diff(self.todo // self.shard_rows)) + 1
+        bounds = [0, *cuts.tolist(), len(self.todo)]
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _ray_cluster(options: IngestOptions):
+    from .engines import ray as ray_engine
+
+    return ray_engine.connect(options)
 
 
 def _register_model(catalog: Catalog, loaded: models.LoadedModel) -> int:
@@ -236,54 +304,3 @@ def _plan(catalog: Catalog, ids: np.ndarray, targets, model_id: int, predictions
     todo = np.flatnonzero(needed & listed)
     previously_failed = int(np.isin(ids, failed).sum())
     return todo, previously_failed
-
-
-def _run(catalog, run_id, ids, records, targets, extractor, model_id, options, progress) -> IngestSummary:
-    from tqdm import tqdm
-
-    todo, previously_failed = _plan(catalog, ids, targets, model_id, options.predictions)
-    path_of = dict(zip(ids.tolist(), (r.path for r in records)))
-    todo_paths = [path_of[i] for i in todo.tolist()]
-    del path_of
-    dataset = pipeline.image_dataset(todo, todo_paths, extractor.input_size, options.resize, extractor.batch_size)
-    store_writer = writer.StoreWriter(catalog, run_id, targets, model_id, options.predictions,
-                                      commit_seconds=options.commit_seconds)
-    bar = tqdm(total=len(todo), unit="img", disable=not progress or len(todo) == 0, file=sys.stderr,
-               dynamic_ncols=True, smoothing=0.1)
-    expected = 0  # position in todo: ids that never came out of the pipeline failed to decode
-    status = "failed"
-    start = time.monotonic()
-    try:
-        for batch in dataset:
-            batch_ids = batch["id"].numpy()
-            expected = _report_dropped(store_writer, todo, todo_paths, expected, batch_ids)
-            outputs = extractor(batch["pixels"])
-            store_writer.put(writer.Batch(batch_ids, batch["fingerprint"].numpy(), batch["height"].numpy(),
-                                          batch["width"].numpy(), outputs))
-            bar.update(len(batch_ids))
-        _report_dropped(store_writer, todo, todo_paths, expected, None)
-        status = "done"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        bar.close()
-        store_writer.close()
-        seconds = time.monotonic() - start
-        skipped = len(ids) - len(todo) - previously_failed
-        if status == "done" and store_writer.ingested == 0 and skipped == 0:
-            status = "failed"  # every listed file failed: nothing at all was ingested
-        writer.finish_run(catalog, run_id, status, len(todo), skipped, seconds, previously_failed)
-    return IngestSummary(run_id, len(ids), store_writer.ingested, skipped, store_writer.failed + previously_failed,
-                         seconds, [t.layer for t in targets])
-
-
-def _report_dropped(store_writer, todo, todo_paths, expected: int, batch_ids) -> int:
-    """Ids before the end of this batch that it does not contain were dropped as undecodable."""
-    stop = len(todo) if batch_ids is None else int(np.searchsorted(todo, batch_ids[-1], side="right"))
-    window = todo[expected:stop]
-    dropped = window if batch_ids is None else window[~np.isin(window, batch_ids)]
-    if len(dropped):
-        positions = np.searchsorted(todo, dropped)
-        store_writer.fail([(int(i), todo_paths[p]) for i, p in zip(dropped, positions)])
-    return stop

@@ -179,18 +179,9 @@ class StoreWriter:
                 rows = batch.outputs[target.layer][keep]
                 pending.rows.append(rows)
                 self._pending_bytes += rows.nbytes
-        self._images.append(
-            pd.DataFrame({"id": batch.ids, "content_hash": [bytes(f).hex() for f in batch.fingerprints],
-                          "width": batch.widths, "height": batch.heights})
-        )
+        self._images.append(images_frame(batch))
         if self.predictions:
-            k = batch.outputs["top_index"].shape[1]
-            self._predictions.append(pd.DataFrame({
-                "image_id": np.repeat(batch.ids, k),
-                "rank": np.tile(np.arange(1, k + 1, dtype=np.int8), len(batch.ids)),
-                "class_index": batch.outputs["top_index"].reshape(-1).astype(np.int16),
-                "probability": batch.outputs["top_prob"].reshape(-1),
-            }))
+            self._predictions.append(predictions_frame(batch))
         self.ingested += len(batch.ids)
 
     def _commit(self) -> None:
@@ -207,48 +198,78 @@ class StoreWriter:
             arrays.write_rows(target.zarr_array, ids, rows.astype(target.zarr_array.dtype))
             done.append(pd.DataFrame({"array_id": target.array_id, "image_id": ids, "run_id": self.run_id}))
             target.missing[ids] = False
-        with self.catalog.write() as con:
-            if done:
-                con.register("new_done", pd.concat(done))
-                con.execute("INSERT INTO done SELECT array_id, image_id, run_id FROM new_done ON CONFLICT DO NOTHING")
-            if self._images:
-                con.register("decoded", pd.concat(self._images))
-                con.execute(
-                    """UPDATE images SET content_hash = d.content_hash, width = d.width, height = d.height
-                       FROM decoded d WHERE images.id = d.id AND images.content_hash IS NULL"""
-                )
-            if self._predictions:
-                con.register("new_predictions", pd.concat(self._predictions))
-                con.execute(
-                    """INSERT INTO predictions SELECT ?, image_id, rank, class_index, probability
-                       FROM new_predictions ON CONFLICT DO NOTHING""",
-                    [self.model_id],
-                )
-            if self._errors:
-                con.executemany(
-                    """INSERT INTO errors (image_id, path, reason, run_id)
-                       VALUES (?, coalesce(?, (SELECT path FROM images WHERE id = ?)), ?, ?)""",
-                    [(i, path, i, reason, self.run_id) for i, path, reason in self._errors],
-                )
-            decoded = sum(len(f) for f in self._images)
-            image_failures = len({i for i, _, _ in self._errors})
-            con.execute(
-                "UPDATE runs SET ingested = ingested + ?, failed = failed + ? WHERE id = ?",
-                [decoded, image_failures, self.run_id],
-            )
+        image_failures = record(self.catalog, self.run_id, self.model_id, done, self._images, self._predictions,
+                                self._errors)
         self.failed += image_failures
         self._reset_pending()
 
     def _drop_overflow(self, target: ArrayTarget, ids: np.ndarray, rows: np.ndarray):
-        """float16 arrays: a row that would overflow is reported in `errors`, never stored as inf."""
-        if target.zarr_array.dtype != np.float16:
-            return ids, rows
-        peak = np.nanmax(np.abs(rows), axis=1) if rows.size else np.zeros(0)
-        bad = peak > FLOAT16_MAX
-        for i, value in zip(ids[bad], peak[bad]):
-            self._errors.append((int(i), None,
-                                 f"float16 overflow in {target.layer}: max |x| = {value:.4g}; use --dtype float32"))
-        return ids[~bad], rows[~bad]
+        ids, rows, errors = drop_overflow(target.layer, target.zarr_array.dtype, ids, rows)
+        self._errors.extend(errors)
+        return ids, rows
+
+
+def drop_overflow(layer: str, dtype, ids: np.ndarray, rows: np.ndarray):
+    """float16 arrays: a row that would overflow is reported in `errors`, never stored as inf.
+    Returns (ids kept, rows kept, [(id, None, reason)])."""
+    if dtype != np.float16:
+        return ids, rows, []
+    peak = np.nanmax(np.abs(rows), axis=1) if rows.size else np.zeros(0)
+    bad = peak > FLOAT16_MAX
+    errors = [(int(i), None, f"float16 overflow in {layer}: max |x| = {value:.4g}; use --dtype float32")
+              for i, value in zip(ids[bad], peak[bad])]
+    return ids[~bad], rows[~bad], errors
+
+
+def images_frame(batch: Batch) -> pd.DataFrame:
+    return pd.DataFrame({"id": batch.ids, "content_hash": [bytes(f).hex() for f in batch.fingerprints],
+                         "width": batch.widths, "height": batch.heights})
+
+
+def predictions_frame(batch: Batch) -> pd.DataFrame:
+    k = batch.outputs["top_index"].shape[1]
+    return pd.DataFrame({
+        "image_id": np.repeat(batch.ids, k),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int8), len(batch.ids)),
+        "class_index": batch.outputs["top_index"].reshape(-1).astype(np.int16),
+        "probability": batch.outputs["top_prob"].reshape(-1),
+    })
+
+
+def record(catalog: Catalog, run_id: int, model_id: int, done: list[pd.DataFrame], images: list[pd.DataFrame],
+           predictions: list[pd.DataFrame], errors: list[tuple[int, str | None, str]]) -> int:
+    """One catalog transaction for rows whose chunks are already written: done marks, image
+    metadata, predictions, errors, run counters. Returns how many images failed."""
+    with catalog.write() as con:
+        if done:
+            con.register("new_done", pd.concat(done))
+            con.execute("INSERT INTO done SELECT array_id, image_id, run_id FROM new_done ON CONFLICT DO NOTHING")
+        if images:
+            con.register("decoded", pd.concat(images))
+            con.execute(
+                """UPDATE images SET content_hash = d.content_hash, width = d.width, height = d.height
+                   FROM decoded d WHERE images.id = d.id AND images.content_hash IS NULL"""
+            )
+        if predictions:
+            con.register("new_predictions", pd.concat(predictions))
+            con.execute(
+                """INSERT INTO predictions SELECT ?, image_id, rank, class_index, probability
+                   FROM new_predictions ON CONFLICT DO NOTHING""",
+                [model_id],
+            )
+        if errors:
+            con.executemany(
+                """INSERT INTO errors (image_id, path, reason, run_id)
+                   VALUES (?, coalesce(?, (SELECT path FROM images WHERE id = ?)), ?, ?)""",
+                [(i, path, i, reason, run_id) for i, path, reason in errors],
+            )
+        decoded = sum(len(f) for f in images)
+        image_failures = len({i for i, _, _ in errors})
+        con.execute(
+            "UPDATE runs SET ingested = ingested + ?, failed = failed + ? WHERE id = ?",
+            [decoded, image_failures, run_id],
+        )
+    return image_failures
 
 
 def failure_reason(path: str) -> str:

@@ -134,9 +134,14 @@ def default_strategy():
 
 def default_batch_size(input_size: int, strategy) -> int:
     """CPU: 32 keeps memory small at no speed cost; GPU: large enough to fill the device."""
-    if tf.config.list_logical_devices("GPU"):
-        per_device = 256 if input_size <= 240 else 128
-        return per_device * strategy.num_replicas_in_sync
+    gpus = strategy.num_replicas_in_sync if tf.config.list_logical_devices("GPU") else 0
+    return batch_size_for(input_size, gpus)
+
+
+def batch_size_for(input_size: int, gpus: int) -> int:
+    """The rule for a process that drives `gpus` GPUs (0: the CPU), here or on a Ray worker."""
+    if gpus:
+        return (256 if input_size <= 240 else 128) * gpus
     return 32
 
 

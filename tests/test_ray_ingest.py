@@ -1,0 +1,188 @@
+"""--engine ray writes the store --engine local writes: equal arrays and catalog rows, through
+a worker that dies, a driver killed with SIGKILL, and a second writer.
+
+One local Ray (2 CPUs, no dashboard, a small object store) is shared by these tests. The
+model stores two layers of 1000+ channels, so chunks hold 256 rows and the 1026 images
+make five shards (tasks) for two workers. The killed driver joins that Ray through
+--address, as a driver joins a cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import actdb
+from actdb.cli import cli
+from actdb.ingest.engines.ray import DIE_ONCE_ENV
+from actdb.store.locks import writer_lock
+from conftest import make_imagenet_tree
+
+pytestmark = pytest.mark.slow
+LAYERS = "wide,predictions"
+N_IMAGES = 1026
+N_SHARDS = 5  # ceil(1026 / 256)
+CATALOG_QUERIES = {
+    "images": "SELECT id, path, content_hash, wnid, class_index, label, split, width, height FROM images ORDER BY id",
+    "done": "SELECT a.layer, d.image_id FROM done d JOIN arrays a ON a.id = d.array_id ORDER BY ALL",
+    "predictions": "SELECT image_id, rank, class_index, probability FROM predictions ORDER BY ALL",
+    "arrays": "SELECT layer, reduce, channels, dtype, precision, resize, zarr_path FROM arrays ORDER BY layer",
+    "errors": "SELECT count(*) AS n FROM errors",
+}
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(1024, 1, activation="relu", name="wide")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
+    path = tmp_path_factory.mktemp("models") / "wide.keras"
+    keras.Model(inputs, outputs, name="wide").save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_imagenet_tree(tmp_path_factory.mktemp("data") / "train", per_class=N_IMAGES // 3, seed=5)
+
+
+def ingest_args(store, source, model, *extra):
+    return ["--store", store, "ingest", source, "--model", model, "--preprocess", "tf", "--layers", LAYERS,
+            "--predictions", "--batch-size", 16, "--commit-seconds", 0, "--quiet", *extra]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def local_store(tmp_path_factory, dataset, wide_model):
+    store = tmp_path_factory.mktemp("local") / "store"
+    result = invoke(*ingest_args(store, dataset, wide_model))
+    assert result.exit_code == 0, result.output
+    return store
+
+
+def assert_same_store(store, reference):
+    db, ref = actdb.open(store), actdb.open(reference)
+    for layer in LAYERS.split(","):
+        ours, theirs = db.activations("wide", layer), ref.activations("wide", layer)
+        assert ours.shape == (N_IMAGES, 1000 if layer == "predictions" else 1024)
+        np.testing.assert_array_equal(ours, theirs)  # bit for bit, not close
+    for name, query in CATALOG_QUERIES.items():
+        ours, theirs = db.sql(query), ref.sql(query)
+        assert len(ours) == len(theirs) and ours.equals(theirs), name
+    counts = db.sql("SELECT count(*) AS n, count(DISTINCT (array_id, image_id)) AS distinct_n FROM done").iloc[0]
+    assert counts.tolist() == [2 * N_IMAGES, 2 * N_IMAGES]
+
+
+def test_ray_engine_writes_the_local_engines_store_even_when_a_worker_dies(
+        local_ray, tmp_path, dataset, wide_model, local_store, monkeypatch):
+    marker = tmp_path / "worker-died"
+    monkeypatch.setenv(DIE_ONCE_ENV, str(marker))  # the first worker to finish a shard's writes dies
+    store = tmp_path / "store"
+    result = invoke(*ingest_args(store, dataset, wide_model, "--engine", "ray", "--workers", 2, "--json"))
+    assert result.exit_code == 0, result.output
+    assert marker.exists(), "no worker died: the retry was not tested"
+    summary = json.loads(result.stdout)
+    assert summary["engine"] == "ray" and summary["ingested"] == N_IMAGES and summary["failed"] == 0
+    assert sum(w["images"] for w in summary["workers"]) == N_IMAGES  # the dead worker's shard counted once
+    assert sum(w["shards"] for w in summary["workers"]) == N_SHARDS
+    assert all(w["images_per_s"] > 0 for w in summary["workers"])
+    assert_same_store(store, local_store)
+
+    again = json.loads(invoke(*ingest_args(store, dataset, wide_model, "--engine", "ray", "--json")).stdout)
+    assert again["ingested"] == 0 and again["skipped"] == N_IMAGES
+    assert_same_store(store, local_store)
+
+
+def done_rows(store):
+    try:
+        return actdb.open(store).sql("SELECT count(*) AS n FROM done").n[0]
+    except (actdb.ActdbError, duckdb.Error):
+        return 0
+
+
+def test_a_killed_driver_resumes_to_the_same_store(local_ray, tmp_path, dataset, wide_model, local_store):
+    store = tmp_path / "store"
+    address = local_ray.get_runtime_context().gcs_address
+    command = [sys.executable, "-m", "actdb", *map(str, ingest_args(store, dataset, wide_model, "--engine", "ray",
+                                                                   "--workers", 2, "--address", address))]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)  # its own process group, so nothing of it outlives the test
+    try:
+        deadline = time.monotonic() + 120
+        while driver.poll() is None and done_rows(store) == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert driver.poll() is None, f"the driver ended before the kill: {driver.stderr.read()[-2000:]}"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    killed_at = done_rows(store)
+    assert 0 < killed_at < 2 * N_IMAGES, f"not killed mid-run: {killed_at} done rows"
+
+    result = invoke(*ingest_args(store, dataset, wide_model, "--engine", "ray", "--workers", 2, "--json"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["ingested"] + summary["skipped"] == N_IMAGES and summary["skipped"] > 0
+    assert_same_store(store, local_store)
+    statuses = actdb.open(store).sql("SELECT status FROM runs ORDER BY id").status.tolist()
+    assert statuses == ["running", "done"]
+
+
+def test_a_second_writer_is_refused(local_ray, tmp_path, dataset, wide_model):
+    store = tmp_path / "store"
+    store.mkdir()
+    with writer_lock(store, "actdb ingest"):
+        result = invoke(*ingest_args(store, dataset, wide_model, "--engine", "ray"))
+    assert result.exit_code != 0
+    assert "is being written by pid" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (store / "catalog.duckdb").exists()
+
+
+def test_without_ray_the_engine_says_how_to_install_it(tmp_path, dataset, wide_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    result = invoke(*ingest_args(tmp_path / "store", dataset, wide_model, "--engine", "ray"))
+    assert result.exit_code != 0
+    assert "pip install 'actdb[ray]'" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_store_probe_tells_a_node_that_does_not_share_the_store(tmp_path):
+    from actdb.ingest.engines.ray import _probe_store
+
+    shared, elsewhere = tmp_path / "shared", tmp_path / "same-name-on-another-node"
+    (shared / "activations.zarr").mkdir(parents=True)
+    (elsewhere / "activations.zarr").mkdir(parents=True)
+    (shared / ".ray-probe-abc").write_text("abc")  # what the driver wrote
+    assert _probe_store(str(shared), "abc") is None
+    assert _probe_store(str(elsewhere), "abc") == "it does not see the store's files"
+    (elsewhere / ".ray-probe-abc").write_text("old")
+    assert _probe_store(str(elsewhere), "abc") == "it sees another file at that path"
+    assert list((shared / "activations.zarr").iterdir()) == []  # the probe cleans up after itself
