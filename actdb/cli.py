@@ -706,7 +706,7 @@ def weights(model, weights, preprocess, layer, unit, top, expanded, from_layer, 
     result = weights_of(model, layer, unit, from_layer, weights, preprocess)
     shown = result.top(top)
     if plot_path:
-        from .analytics.plots2 import weights_figure
+        from .analytics.plots import weights_figure
 
         weights_figure(result, top, plot_path)
     if as_json:
@@ -750,9 +750,9 @@ def featuremaps(ctx, query, model, weights, preprocess, layer, channels, unit, r
     result = featuremaps_of(query, model, layer, channels, unit, weights, preprocess, resize,
                             _db_if(ctx, query.startswith("id:")))
     if plot_path:
-        from .analytics import plots2
+        from .analytics import plots
 
-        (plots2.unit_overlay if unit is not None else plots2.featuremap_grid)(result, plot_path)
+        (plots.unit_overlay if unit is not None else plots.featuremap_grid)(result, plot_path)
     table = result.table()
     if as_json:
         _print_json({"model": result.model, "layer": layer, "query": result.query,
@@ -799,7 +799,7 @@ def differentiation(ctx, sets, model, weights, preprocess, layers, units, normal
                                 _db_if(ctx, any(s.startswith("where:") for s in (*sets, normalize_by or ""))),
                                 progress=not as_json and sys.stderr.isatty())
     if plot_path:
-        from .analytics.plots2 import differentiation_figure
+        from .analytics.plots import differentiation_figure
 
         differentiation_figure(result, plot_path)
     if as_json:
@@ -846,7 +846,7 @@ def compare(ctx, model, layers, model_names, layer, method, reduce, where, max_i
         arrays = [(name, layer) for name in _csv_list(model_names)]
     result = _db(ctx).compare(arrays, method, where, max_images, seed, reduce)
     if plot_path:
-        from .analytics.plots2 import comparison_heatmap
+        from .analytics.plots import comparison_heatmap
 
         comparison_heatmap(result, plot_path)
     if as_json:

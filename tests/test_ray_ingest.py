@@ -153,7 +153,7 @@ def test_a_killed_driver_resumes_to_the_same_store(local_ray, tmp_path, dataset,
     assert summary["ingested"] + summary["skipped"] == N_IMAGES and summary["skipped"] > 0
     assert_same_store(store, local_store)
     statuses = actdb.open(store).sql("SELECT status FROM runs ORDER BY id").status.tolist()
-    assert statuses == ["running", "done"]
+    assert statuses == ["killed", "done"]  # the rerun found the dead driver's run still "running"
 
 
 def test_a_second_writer_is_refused(local_ray, tmp_path, dataset, wide_model):

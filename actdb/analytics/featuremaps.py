@@ -1,7 +1,7 @@
 """A layer's feature maps for one image (seed 003's `show_layer`), as data.
 
 The maps come from the same forward pass as ingest (`models.forward.Extractor` with full
-maps); drawing them is `plots2.featuremap_grid` / `plots2.unit_overlay`.
+maps); drawing them is `plots.featuremap_grid` / `plots.unit_overlay`.
 """
 from __future__ import annotations
 
