@@ -112,8 +112,12 @@ def test_a_deleted_chunk_is_an_error_and_check_repair_restores_it(built, tmp_pat
     assert not report["ok"] and [p["problem"] for p in report["problems"]] == ["missing chunk"]
     assert report["problems"][0]["array"].endswith("conv2/mean")
     assert invoke("--store", store, "check").exit_code == 1
+    indexed = "SELECT count(*) AS n FROM indexes i JOIN array_list a ON a.array_id = i.array_id WHERE a.layer = 'conv2'"
+    assert actdb.open(store).sql(indexed).n[0] == 1
     repaired = invoke("--store", store, "check", "--repair")
     assert repaired.exit_code == 0 and "repaired" in repaired.output
+    assert actdb.open(store).sql(indexed).n[0] == 0  # its index held the unmarked rows' vectors
+    assert len(list((store / "indexes").glob("*.faiss"))) == 0
     rerun = invoke(*ingest_args(store, built["source"], built["model"], "--json"))
     summary = json.loads(rerun.output)
     assert summary["ingested"] == 18 and summary["failed"] == 1  # the broken file, not retried

@@ -1,6 +1,7 @@
 """Is the store what its catalog says? `check` reads every chunk that holds done rows and
 every index file; `repair` unmarks the rows it cannot vouch for, so that the next ingest of
-the same source recomputes exactly them, and drops index records whose file is gone.
+the same source recomputes exactly them, and drops index records whose file is gone or
+whose rows it unmarked.
 
 Also the layout check every writer makes first: an `activations.zarr` without the catalog
 that names its rows (or a catalog whose arrays are gone) is refused before anything is written.
@@ -74,7 +75,18 @@ def _inspect(db):
         checked["arrays"] += 1
         _check_array(db, array, problems, fixes, checked)
     _check_indexes(db, problems, fixes, checked)
+    _drop_indexes_of_unmarked_rows(db, fixes)
     return problems, fixes, checked
+
+
+def _drop_indexes_of_unmarked_rows(db, fixes) -> None:
+    """An index (and its class centroids) still holds the vectors of rows that repair unmarks:
+    queries would keep answering with them. Drop it; `actdb index` rebuilds after the ingest."""
+    unmarked = {array_id for array_id, _ in fixes.unmark}
+    for row in db.sql("SELECT array_id, metric, file FROM indexes").itertuples():
+        if int(row.array_id) in unmarked and (int(row.array_id), row.metric) not in fixes.drop_indexes:
+            fixes.drop_indexes.append((int(row.array_id), row.metric))
+            fixes.delete_files.append(db.path / INDEX_DIR / row.file)
 
 
 def _check_array(db, array, problems, fixes, checked) -> None:
