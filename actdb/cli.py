@@ -443,13 +443,15 @@ def optimize(ctx, out, sheet, quiet, as_json, **options):
 # (actdb distances / map / top-images / top-classes / profile)
 
 def _analytics_array_options(reductions=("mean", "max")):
-    """--model/--layer/--reduce: the stored array an analysis reads."""
+    """--model/--layer/--reduce/--weights: the stored array an analysis reads."""
     def decorate(command):
         for option in reversed([
             click.option("--model", help="Stored model (may be left out when the store holds one array)."),
             click.option("--layer", help="Stored layer."),
             click.option("--reduce", type=click.Choice(list(reductions)), default="mean", show_default=True,
                          help="Spatial reduction of the stored rows."),
+            click.option("--weights", help="Stored weights, when a layer is stored under several: imagenet | "
+                         "random:SEED | file:sha256=... (as `actdb info` lists them)."),
         ]):
             command = option(command)
         return command
@@ -488,7 +490,7 @@ def _saved(kind: str, path) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write overlaid density histograms to this PNG.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def distances(ctx, model, layer, reduce, queries, classes, random_classes, per_class, pairs, metric, seed,
+def distances(ctx, model, layer, reduce, weights, queries, classes, random_classes, per_class, pairs, metric, seed,
               max_images, plot, as_json):
     """Distances between stored images (same class, different class, random pairs) and, with
     --query, from each query to every member of each class.
@@ -501,7 +503,7 @@ def distances(ctx, model, layer, reduce, queries, classes, random_classes, per_c
         --query optimized:node4 --plot distances.png
     """
     report = _db(ctx).distances(model, layer, reduce, list(queries), _csv_list(classes), random_classes, per_class,
-                                _pairs_option(pairs), metric, seed, max_images, progress=sys.stderr.isatty())
+                                _pairs_option(pairs), metric, seed, max_images, weights, progress=sys.stderr.isatty())
     if plot:
         from .analytics import plots
 
@@ -530,7 +532,7 @@ def distances(ctx, model, layer, reduce, queries, classes, random_classes, per_c
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the map to this PNG.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def map_command(ctx, model, layer, reduce, method, classes, per_class, centroids, highlight, seed, out, plot,
+def map_command(ctx, model, layer, reduce, weights, method, classes, per_class, centroids, highlight, seed, out, plot,
                 as_json):
     """Stored images (or class centroids) in 2-D, with queries placed in the same map.
 
@@ -543,7 +545,7 @@ def map_command(ctx, model, layer, reduce, method, classes, per_class, centroids
     if out:
         checked_coordinates_path(out)
     frame = _db(ctx).map(model, layer, reduce, method, _csv_list(classes), per_class, centroids, list(highlight),
-                         seed)
+                         seed, weights)
     if out:
         _saved("coordinates", save_coordinates(frame, out))
     if plot:
@@ -574,7 +576,7 @@ def map_command(ctx, model, layer, reduce, method, classes, per_class, centroids
 @click.option("--montage", type=click.Path(dir_okay=False), help="Write the images, labelled, to this PNG.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def top_images(ctx, model, layer, reduce, unit, k, bottom, where, montage, as_json):
+def top_images(ctx, model, layer, reduce, weights, unit, k, bottom, where, montage, as_json):
     """Dataset examples: the k stored images that excite UNIT most (streamed over the array).
 
     Microscope and Summit rank by the spatial max: use --reduce max where the store has it.
@@ -582,7 +584,7 @@ def top_images(ctx, model, layer, reduce, unit, k, bottom, where, montage, as_js
     \b
     actdb top-images --model vgg19 --layer block5_conv4 --reduce max --unit 4 --montage unit4.png
     """
-    frame = _db(ctx).top_images(unit, model, layer, reduce, k, bottom, where)
+    frame = _db(ctx).top_images(unit, model, layer, reduce, k, bottom, where, weights)
     if frame.attrs.get("note"):
         click.echo(f"note: {frame.attrs['note']}", err=True)
     if montage:
@@ -606,13 +608,13 @@ def top_images(ctx, model, layer, reduce, unit, k, bottom, where, montage, as_js
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a bar chart to this PNG.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def top_classes(ctx, model, layer, reduce, unit, by, top, k, plot, as_json):
+def top_classes(ctx, model, layer, reduce, weights, unit, by, top, k, plot, as_json):
     """The classes UNIT responds to most.
 
     \b
     actdb top-classes --model vgg19 --layer block5_conv4 --unit 4 --by topk-share -k 100
     """
-    frame = _db(ctx).top_classes(unit, model, layer, reduce, by, top, k)
+    frame = _db(ctx).top_classes(unit, model, layer, reduce, by, top, k, weights)
     if plot:
         from .analytics import plots
 
@@ -632,14 +634,14 @@ def top_classes(ctx, model, layer, reduce, unit, by, top, k, plot, as_json):
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the profiles to this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Every unit of every query as JSON.")
 @click.pass_context
-def profile(ctx, queries, model, layer, reduce, top, vs_class, plot, as_json):
+def profile(ctx, queries, model, layer, reduce, weights, top, vs_class, plot, as_json):
     """Each QUERY's activation over every unit of the layer, raw and as z-scores against the
     stored images' per-unit mean and std; its most excited units.
 
     \b
     actdb profile optimized:node4 --model vgg19 --layer block5_conv4 --vs-class sea_cucumber --plot profile.png
     """
-    frame = _db(ctx).profile(list(queries), model, layer, reduce, vs_class)
+    frame = _db(ctx).profile(list(queries), model, layer, reduce, vs_class, weights)
     if plot:
         from .analytics import plots
 
@@ -824,6 +826,7 @@ def differentiation(ctx, sets, model, weights, preprocess, layers, units, normal
 @click.option("--method", type=click.Choice(["cka", "cka-debiased", "rsa"]), default="cka", show_default=True,
               help="linear CKA, its debiased form, or RSA (Spearman of correlation-distance RDMs of class centroids).")
 @click.option("--reduce", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
+@click.option("--weights", help="Stored weights of every compared array, when a layer is stored under several.")
 @click.option("--where", help="SQL condition on images columns.")
 @click.option("--max-images", type=click.IntRange(min=2), default=5000, show_default=True,
               help="At most N common images (a seeded sample).")
@@ -831,7 +834,7 @@ def differentiation(ctx, sets, model, weights, preprocess, layers, units, normal
 @_plot_option
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def compare(ctx, model, layers, model_names, layer, method, reduce, where, max_images, seed, plot_path, as_json):
+def compare(ctx, model, layers, model_names, layer, method, reduce, weights, where, max_images, seed, plot_path, as_json):
     """Representational similarity of stored arrays over the images they all hold.
 
     \b
@@ -844,7 +847,7 @@ def compare(ctx, model, layers, model_names, layer, method, reduce, where, max_i
         arrays = [(model, name) for name in _csv_list(layers)]
     else:
         arrays = [(name, layer) for name in _csv_list(model_names)]
-    result = _db(ctx).compare(arrays, method, where, max_images, seed, reduce)
+    result = _db(ctx).compare(arrays, method, where, max_images, seed, reduce, weights)
     if plot_path:
         from .analytics.plots import comparison_heatmap
 

@@ -140,11 +140,11 @@ class Database(Store):
     # -- analytics II: circuits, feature maps, differentiation, comparison -------------------------
 
     def compare(self, arrays: list[tuple[str, str]], method: str = "cka", where: str | None = None,
-                max_images: int = 5000, seed: int = 0, reduce: str = "mean"):
+                max_images: int = 5000, seed: int = 0, reduce: str = "mean", weights: str | None = None):
         """Linear CKA, debiased CKA or RSA between every pair of stored (model, layer) arrays."""
         from .analytics import compare
 
-        return compare.compare(self, arrays, method, where, max_images, seed, reduce)
+        return compare.compare(self, arrays, method, where, max_images, seed, reduce, weights)
 
     def differentiation(self, sets: list[str], model: str, weights: str = "imagenet", layers: str = "all",
                         units: int = 200, normalize_by: str | None = None, max_images: int = 200, seed: int = 0):

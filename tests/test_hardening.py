@@ -239,6 +239,17 @@ def test_weights_selects_among_arrays_that_differ_only_in_weights(built, tmp_pat
     with pytest.raises(actdb.ActdbError) as error:
         actdb.open(store).activations("tiny", "conv2")
     assert "--" not in str(error.value) and "weights='random:1'" in str(error.value)
+    vectors = actdb.open(store).activations("tiny", "conv2", weights="imagenet")
+    for command in (("top-images", "--unit", 3, "-k", 4), ("top-classes", "--unit", 3), ("profile", "id:0")):
+        one_line_error(invoke("--store", store, *command, *ARRAY), "several")
+        picked = invoke("--store", store, *command, *ARRAY, "--weights", "imagenet", "--json")
+        assert picked.exit_code == 0, picked.output
+    top = json.loads(invoke("--store", store, "top-images", "--unit", 3, "-k", 4, *ARRAY, "--weights", "imagenet",
+                            "--json").output)
+    np.testing.assert_allclose([r["value"] for r in top], np.sort(vectors[:, 3])[::-1][:4], rtol=1e-6)
+    one_line_error(invoke("--store", store, "compare", "--model", "tiny", "--layers", "conv2,fc"), "several")
+    compared = invoke("--store", store, "compare", "--model", "tiny", "--layers", "conv2,fc", "--weights", "imagenet")
+    assert compared.exit_code == 0 and "cka over" in compared.output
 
 
 # ---- correctness ---------------------------------------------------------------------------------

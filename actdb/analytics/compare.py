@@ -93,14 +93,15 @@ def class_centroids(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def compare(db, arrays: list[tuple[str, str]], method: str = "cka", where: str | None = None,
-            max_images: int = 5000, seed: int = 0, reduce: str = "mean") -> Comparison:
+            max_images: int = 5000, seed: int = 0, reduce: str = "mean",
+            weights: str | None = None) -> Comparison:
     """Similarity of every pair of stored (model, layer) arrays on the images all of them hold."""
     if method not in METHODS:
         raise ActdbError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     arrays = list(dict.fromkeys(arrays))
     if len(arrays) < 2:
         raise ActdbError("compare needs at least two different arrays: --layers a,b or --models m1,m2")
-    found = [db.find_array(model, layer, reduce) for model, layer in arrays]
+    found = [db.find_array(model, layer, reduce, weights) for model, layer in arrays]
     ids, labels = _common_rows(db, found, where, max_images, seed)
     values = [db.activations(a.model, a.layer, reduce, ids=ids, weights=a.weights) for a in found]
     names = [f"{a.model}/{a.layer}" for a in found]
