@@ -955,7 +955,6 @@ def _demo_analytics(ctx, model: str, layer: str, queries: list[str]) -> None:
     click.echo(f"\n== actdb top-classes --unit {unit} --by mean")
     ctx.invoke(top_classes, **array, reduce="mean", unit=unit, by="mean", top=6, k=100,
                plot=plots / "top-classes.png", as_json=False)
-    click.echo(f"\nplots in {plots}\n")
 
 
 def main() -> None:

@@ -22,6 +22,9 @@ def import_tensorflow():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")
+        # Python-side warnings too: each model load builds its own compiled forward pass, which
+        # TensorFlow reports as "retracing" although nothing is traced twice per model.
+        tf.get_logger().setLevel("ERROR")
     finally:
         os.dup2(saved, 2)
         os.close(saved)

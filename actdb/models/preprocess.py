@@ -5,9 +5,10 @@ normalisation to every model silently changes what the activations mean.
 """
 from __future__ import annotations
 
-import tensorflow as tf
-
 from ..errors import ActdbError
+from ..tfquiet import import_tensorflow
+
+tf = import_tensorflow()
 
 CAFFE_MEAN_RGB = (123.68, 116.779, 103.939)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
