@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..distance import check_metric, paired_distances, pairwise_distances
 from ..errors import ActdbError
 from ..resolve import file_vectors, image_file, resolve
 from . import selection
 
-METRICS = ("l2", "cosine", "correlation")
 FLAT = "flat"
 GROUPS = ("same class", "different class", "random pairs")
 RANDOM_MIX = "random mix"
@@ -38,11 +38,6 @@ class DistanceReport:
     selection: selection.Selection | None = None  # the images compared (finite rows only)
 
 
-def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ActdbError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-
-
 def prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
     """float64 rows such that the metric is Euclidean distance (l2) or 1 - dot product."""
     rows = np.asarray(vectors, dtype=np.float64)
@@ -56,14 +51,6 @@ def prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
     return rows / norms
 
 
-def cross(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """Distances between every prepared row of a and of b, (len(a), len(b))."""
-    if metric != "l2":
-        return 1.0 - a @ b.T
-    squared = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * (a @ b.T)
-    return np.sqrt(np.maximum(squared, 0.0))
-
-
 def paired(rows: np.ndarray, first: np.ndarray, second: np.ndarray, metric: str) -> np.ndarray:
     """Distance between rows[first[i]] and rows[second[i]] (prepared), a batch of pairs at a
     time: flat feature maps have ~100,000 values a row."""
@@ -71,8 +58,7 @@ def paired(rows: np.ndarray, first: np.ndarray, second: np.ndarray, metric: str)
     out = np.empty(len(first))
     for start in range(0, len(first), batch):
         a, b = rows[first[start : start + batch]], rows[second[start : start + batch]]
-        out[start : start + batch] = 1.0 - np.einsum("ij,ij->i", a, b) if metric != "l2" else \
-            np.linalg.norm(a - b, axis=1)
+        out[start : start + batch] = paired_distances(a, b, metric)
     return out
 
 
@@ -93,7 +79,7 @@ def pair_groups(rows: np.ndarray, labels: np.ndarray, pairs: int | str, metric: 
         raise ActdbError("the selection holds fewer than two images: choose more classes or a larger --per-class")
     if pairs == "all":
         first, second = np.triu_indices(n, k=1)
-        distances = cross(rows, rows, metric)[first, second]
+        distances = pairwise_distances(rows, rows, metric)[first, second]
         same = labels[first] == labels[second]
         return {"same class": distances[same], "different class": distances[~same], "random pairs": distances}
     if not isinstance(pairs, (int, np.integer)) or pairs < 1:
@@ -142,7 +128,7 @@ def query_table(queries: np.ndarray, texts: list[str], query_ids: list[int | Non
                 ) -> tuple[pd.DataFrame, dict]:
     """Per query: distances to each class's members and to the random mix, the query's
     percentile within each class's own same-class distances, classes ranked by median."""
-    distances = cross(queries, rows, metric)
+    distances = pairwise_distances(queries, rows, metric)
     records, samples = [], {}
     for q, text in enumerate(texts):
         own = query_ids[q]
@@ -174,7 +160,7 @@ def within_class_distances(rows: np.ndarray, chosen: selection.Selection, metric
     for label in chosen.named + chosen.random:
         members = rows[chosen.members(label)]
         first, second = np.triu_indices(len(members), k=1)
-        result[label] = cross(members, members, metric)[first, second]
+        result[label] = pairwise_distances(members, members, metric)[first, second]
     return result
 
 

@@ -14,14 +14,14 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ..distance import check_metric
 from ..errors import ActdbError
+from ..resolve import resolve
 from ..store import arrays
 from ..store.catalog import INDEX_DIR
 from ..store.locks import writer_lock
 from . import classes as class_ranking
 from . import index as faiss_index
-from .metrics import check_metric
-from ..resolve import resolve
 
 
 def memory_budget_bytes() -> int:

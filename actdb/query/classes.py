@@ -23,9 +23,10 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ..distance import check_metric, pairwise_distances
 from ..errors import ActdbError
 from .index import search
-from .metrics import check_metric, pairwise_distances, prepare_queries, prepare_vectors
+from .metrics import prepare_queries, prepare_vectors
 
 LabelledBlocks = Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (ids, vectors, labels)
 

@@ -33,16 +33,9 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
+from ..distance import check_metric, paired_distances, pairwise_distances
 from ..errors import ActdbError
-from .metrics import (
-    check_metric,
-    faiss_metric_type,
-    paired_distances,
-    pairwise_distances,
-    prepare_queries,
-    prepare_vectors,
-    reported_distances,
-)
+from .metrics import faiss_metric_type, prepare_queries, prepare_vectors, reported_distances
 
 Blocks = Iterable[tuple[np.ndarray, np.ndarray]]
 ReadRows = Callable[[np.ndarray], np.ndarray]

@@ -21,18 +21,12 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from ..distance import check_metric
 from ..errors import ActdbError
-
-METRICS = ("l2", "cosine", "correlation")
 
 # A centred row whose norm is this small relative to the raw row is constant up to
 # float rounding, so its correlation with anything is undefined.
 DEGENERATE_RELATIVE_NORM = 1e-6
-
-
-def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ActdbError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
 
 
 def faiss_metric_type(metric: str) -> int:
@@ -82,32 +76,3 @@ def reported_distances(raw: np.ndarray, metric: str) -> np.ndarray:
     if metric == "l2":
         return np.sqrt(np.maximum(raw, 0.0))
     return 1.0 - np.asarray(raw, dtype=np.float64)
-
-
-def pairwise_distances(queries: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
-    """Reported distances between every prepared query and row, (queries, rows) float64.
-
-    One matrix product in float64: fast for many pairs and accurate to ~1e-12 relative,
-    but identical rows may differ in the last bits; use `paired_distances` to rank ties.
-    """
-    q = np.asarray(queries, dtype=np.float64)
-    x = np.asarray(rows, dtype=np.float64)
-    products = q @ x.T
-    if metric != "l2":
-        return 1.0 - products
-    squared = np.einsum("ij,ij->i", q, q)[:, None] + np.einsum("ij,ij->i", x, x)[None, :] - 2.0 * products
-    return np.sqrt(np.maximum(squared, 0.0))
-
-
-def paired_distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """Reported distance between row i of `a` and row i of `b` (prepared), float64.
-
-    Computed per pair from the differences, so identical rows get bit-identical
-    distances and ties can be broken by id.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if metric != "l2":
-        return 1.0 - np.einsum("ij,ij->i", a, b)
-    difference = a - b
-    return np.sqrt(np.einsum("ij,ij->i", difference, difference))
