@@ -740,7 +740,7 @@ def weights(model, weights, preprocess, layer, unit, top, expanded, from_layer, 
 @click.pass_context
 @_needs_tensorflow
 def featuremaps(ctx, query, model, weights, preprocess, layer, channels, unit, resize, plot_path, as_json):
-    """A layer's feature maps for one image (QUERY: an image file or id:N): per-channel statistics,
+    """A layer's feature maps for one image (QUERY: an image file, id:N or optimized:NAME): per-channel statistics,
     and with --plot the grid of maps (each standardized, x64 + 128, as seed 003's show_layer)
     or, with --unit, that map over the image.
 
@@ -750,7 +750,7 @@ def featuremaps(ctx, query, model, weights, preprocess, layer, channels, unit, r
     from .analytics.featuremaps import featuremaps_of
 
     result = featuremaps_of(query, model, layer, channels, unit, weights, preprocess, resize,
-                            _db_if(ctx, query.startswith("id:")))
+                            _db_if(ctx, query.startswith(("id:", "optimized:"))))
     if plot_path:
         from .analytics import plots
 

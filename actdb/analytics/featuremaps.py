@@ -6,12 +6,12 @@ maps); drawing them is `plots.featuremap_grid` / `plots.unit_overlay`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import ActdbError
+from ..resolve import image_file
 
 
 @dataclass
@@ -48,21 +48,6 @@ def parse_channels(text: str | None, count: int) -> list[int]:
     if bad or not channels:
         raise ActdbError(f"--channels {text!r}: this layer has channels 0..{count - 1}")
     return list(dict.fromkeys(channels))
-
-
-def image_path(query: str, db=None) -> str:
-    """A QUERY for featuremaps: an image file, or `id:N` (that stored image's file)."""
-    if query.startswith("id:"):
-        if db is None:
-            raise ActdbError(f"{query}: id:N names a stored image; pass --store (or an image file)")
-        digits = query[3:]
-        found = db.sql("SELECT path FROM images WHERE id = ?", [int(digits)]) if digits.isdigit() else None
-        if found is None or found.empty:
-            raise ActdbError(f"{query}: no stored image with that id (see `actdb sql \"SELECT id, path FROM images\"`)")
-        query = str(found.path[0])
-    if not Path(query).is_file():
-        raise ActdbError(f"query {query!r} is not an image file or id:N")
-    return query
 
 
 def feature_maps(loaded, layer: str, path: str, channels: str | None = None, unit: int | None = None,
@@ -103,5 +88,5 @@ def featuremaps_of(query: str, model: str, layer: str, channels: str | None = No
     """`actdb featuremaps`: resolve the QUERY, load the model, compute the maps."""
     from ..models import load_model
 
-    path = image_path(query, db)
+    path = image_file(query, db)
     return feature_maps(load_model(model, weights, preprocess=preprocess), layer, path, channels, unit, resize)

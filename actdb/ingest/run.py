@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
