@@ -1,172 +1,399 @@
-"""The notebook API: `db = actdb.open(path)`. Every CLI command is one call here; the
-features (query, and the ones to come) sit below it and take the store it wraps."""
+"""The notebook API, actdb's one front door: `db = actdb.open(path)`, then one method per
+command with the command's options as keyword arguments (`db.neighbors("photo.jpg",
+model="vgg19", layer="block5_conv4", k=5)` is `actdb neighbors photo.jpg --model vgg19
+--layer block5_conv4 -k 5`). The CLI parses, makes one call here and prints.
+
+A stored array is chosen by `model`, `layer`, `reduce` and `weights` (model and layer may
+be left out when one array fits) and handed to the features as a `StoredArray`. Commands
+that need no store (models, layers, and predict, weights, featuremaps, differentiation
+and optimize on files) are also module-level functions here; the methods of the same name
+add the store, for queries such as `id:N` and `optimized:NAME`.
+
+Features are imported on first use, so opening a store for SQL costs no FAISS or
+TensorFlow import.
+"""
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from . import choices  # noqa: F401 - the option words, for the CLI
+from .choices import FLAT, invalid
 from .errors import ActdbError
+from .results import warnings_of  # noqa: F401 - how the CLI prints every result's advice
 from .store.catalog import missing_store_message
 from .store.reader import Store, store_path
+from .store.stored_array import StoredArray
+from .units import parse_units  # noqa: F401 - the CLI checks unit lists while parsing
+
+__all__ = ["Database", "StoredArray", "open", "models", "layers", "predict", "weights", "featuremaps",
+           "differentiation", "optimize"]
 
 
-def open(path: str | Path | None = None) -> "Database":  # noqa: A001 - mirrors zarr.open / duckdb.connect
+def open(path: str | Path | None = None, *, create: bool = False) -> "Database":  # noqa: A001 - as zarr.open
+    """The store at `path` (or $ACTDB_STORE). `create`: a store that does not exist yet is
+    made by the first command that writes (ingest, optimize); nothing is written before."""
     db = Database(store_path(path))
-    if not db.catalog.exists():
+    if not create and not db.catalog.exists():
         raise ActdbError(missing_store_message(db.path))
     return db
 
 
+# ---- commands that need no store --------------------------------------------------------------
+
+def models() -> pd.DataFrame:
+    """Models known by name, with input size and preprocessing."""
+    from .models import known_models
+
+    return pd.DataFrame([{"name": s.name, "input_size": s.input_size, "preprocess": s.preprocess}
+                         for s in known_models().values()])
+
+
+def layers(model: str) -> pd.DataFrame:
+    """A model's layers with their output shapes (built with random weights: nothing is loaded)."""
+    from .models import layer_table, load
+
+    rows = layer_table(load(model, weights="random").keras_model)
+    return pd.DataFrame([{"layer": n, "type": t, "output_shape": list(s)} for n, t, s in rows])
+
+
+def predict(queries, *, models: str | list[str] = ("efficientnet_lite0",), weights: str = "imagenet",
+            top: int = 5, resize: str = "center-crop", db: Store | None = None) -> pd.DataFrame:
+    """Top ImageNet classes of each query (image file; `id:N` or `optimized:NAME` with a store), per model."""
+    from .predict import predict as run
+
+    return run(_texts(queries), models=_names(models), top=top, resize=resize, weights=weights, db=db)
+
+
+def weights(*, model: str, layer: str, unit: int, from_layer: str | None = None, top: int = 6,
+            weights: str = "imagenet", preprocess: str | None = None, plot: str | Path | None = None):
+    """The input channels feeding `unit` of a conv layer, ranked by kernel norm; with
+    `from_layer`, Distill's expanded weights from that earlier layer."""
+    from .analytics import weights as circuits
+    from .files import checked_output
+
+    if top < 1:
+        raise invalid("top", top, "list at least 1 channel")
+    plot = plot and checked_output(plot, _PNG)
+    result = circuits.incoming_weights(model=model, layer=layer, unit=unit, from_layer=from_layer,
+                                       weights=weights, preprocess=preprocess)
+    if plot:
+        _save(lambda plots: plots.weights_figure(result, top), plot)
+    return result
+
+
+def featuremaps(query: str, *, model: str, layer: str, channels=None, unit: int | None = None,
+                weights: str = "imagenet", preprocess: str | None = None, resize: str = "center-crop",
+                plot: str | Path | None = None, db: Store | None = None):
+    """A layer's feature maps for one image; `plot`: the grid of maps (or, with `unit`, that map over the image)."""
+    from .analytics.featuremaps import featuremaps as compute
+    from .files import checked_output
+
+    plot = plot and checked_output(plot, _PNG)
+    result = compute(query, model=model, layer=layer, channels=channels, unit=unit, weights=weights,
+                     preprocess=preprocess, resize=resize, db=db)
+    if plot:
+        _save(lambda plots: (plots.unit_overlay if unit is not None else plots.featuremap_grid)(result), plot)
+    return result
+
+
+def differentiation(sets, *, model: str, weights: str = "imagenet", preprocess: str | None = None,
+                    layers: str = "all", units: int = 200, normalize_by: str | None = None, max_images: int = 200,
+                    seed: int = 0, batch_size: int = 16, resize: str = "center-crop", plot: str | Path | None = None,
+                    progress: bool = False, db: Store | None = None):
+    """How differently each layer responds to the images of each SET (a folder, `where:SQL`
+    on the store, or `noise:N`)."""
+    from .analytics.differentiation import differentiation_of
+    from .files import checked_output
+
+    plot = plot and checked_output(plot, _PNG)
+    result = differentiation_of(_texts(sets), model=model, weights=weights, layers=layers, units=units,
+                                normalize_by=normalize_by, max_images=max_images, seed=seed, batch_size=batch_size,
+                                resize=resize, preprocess=preprocess, db=db, progress=progress)
+    if plot:
+        _save(lambda plots: plots.differentiation_figure(result), plot)
+    return result
+
+
+def optimize(*, out: str | Path | None = None, sheet: str | Path | None = None, progress: bool = False,
+             db: Store | None = None, **options) -> pd.DataFrame:
+    """Optimized images (one row each), kept in the store `db` or written to the folder `out`.
+    Options as `actdb optimize`: model, weights, preprocess, layer, units, objective, class_name,
+    negative, method, steps, lr, size, seed, diversity, snapshots, batch, name, overwrite."""
+    from .optimize.run import OptimizeOptions, optimize as run
+
+    try:
+        chosen = OptimizeOptions(**options)
+    except TypeError as exc:
+        raise ActdbError(f"optimize: {exc}") from None
+    return run(db.path if db is not None else None, chosen, out=out, sheet=sheet, progress=progress)
+
+
+_PNG = (".png",)
+
+
+def _save(draw, path: Path) -> Path:
+    from . import figures
+    from .analytics import plots
+
+    return figures.save(draw(plots), path)
+
+
+def _store_method(function):
+    """The module-level command as a method that passes this store as `db`."""
+    @functools.wraps(function)
+    def method(self, *args, **kwargs):
+        return function(*args, db=self, **kwargs)
+
+    signature = inspect.signature(function)
+    method.__signature__ = signature.replace(
+        parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+                    *(p for p in signature.parameters.values() if p.name != "db")])
+    return method
+
+
+# ---- the store's commands ---------------------------------------------------------------------
+
 class Database(Store):
-    """A store plus everything actdb computes over it. Feature modules are imported on first
-    use, so opening a store for SQL costs no FAISS or TensorFlow import."""
+    """A store plus everything actdb computes over it; see the module doc."""
 
-    # -- query: indexes, nearest images, nearest classes --------------------------------------
+    models = staticmethod(models)
+    layers = staticmethod(layers)
+    predict = _store_method(predict)
+    weights = staticmethod(weights)
+    featuremaps = _store_method(featuremaps)
+    differentiation = _store_method(differentiation)
+    optimize = _store_method(optimize)
 
-    def build_index(self, model: str | None = None, layer: str | None = None, reduce: str = "mean",
-                    metric: str = "l2", kind: str = "auto", recall: float = 0.95,
-                    weights: str | None = None, rebuild: bool = False) -> dict:
-        """Build or update the FAISS index and class centroids of an array; returns the build report.
-        `recall`: the recall@10 an approximate index must reach (the CLI's --recall)."""
-        from .query import api
+    # -- ingest --------------------------------------------------------------------------------
 
-        return api.build(self, model, layer, reduce, metric, kind, recall, weights, rebuild)
+    def ingest(self, source: str | Path, *, progress: bool = False, **options):
+        """Stream images from `source` through a model into this store (made if it does not exist).
+        Options as `actdb ingest`: model, weights, preprocess, layers, reduce, classes, per_class,
+        seed, limit, batch_size, resize, precision, dtype, predictions, commit_seconds, engine,
+        address, workers, gpus_per_worker, cpus_per_worker."""
+        from .ingest.run import IngestOptions, ingest
 
-    def neighbors(self, queries, model: str | None = None, layer: str | None = None, k: int = 10,
-                  where: str | None = None, reduce: str = "mean", metric: str = "l2",
-                  weights: str | None = None) -> pd.DataFrame:
-        """Nearest stored images of each query (file path, `id:N`, `.npy`, NumPy vectors); `where` filters by
-        catalog columns."""
-        from .query import api
+        if isinstance(options.get("classes"), str):
+            options["classes"] = [c.strip() for c in options["classes"].split(",") if c.strip()]
+        try:
+            chosen = IngestOptions(**options)
+        except TypeError as exc:
+            raise ActdbError(f"ingest: {exc}") from None
+        return ingest(self.path, source, chosen, progress=progress)
 
-        return api.neighbors(self, _as_list(queries), model, layer, k, where, reduce, metric, weights)
+    # -- integrity ------------------------------------------------------------------------------
 
-    def classes(self, queries, model: str | None = None, layer: str | None = None, by: str = "centroid",
-                k: int = 50, top: int = 10, class_name: str | None = None, reduce: str = "mean",
-                metric: str = "l2", weights: str | None = None) -> pd.DataFrame:
-        """Classes ranked for each query: by centroid, knn, or mean/median/min distance to all members."""
-        from .query import api
-
-        return api.classes(self, _as_list(queries), model, layer, by, k, top, class_name, reduce, metric, weights)
-
-    # -- integrity: check and repair -----------------------------------------------------------
-
-    def check(self, repair: bool = False) -> dict:
+    def check(self, *, repair: bool = False) -> dict:
         """Verify every done row's chunk, the arrays' shapes and the index files; `repair` unmarks
         damaged rows (the same ingest then recomputes exactly them) and drops broken index records."""
         from .store import integrity
 
         return integrity.check(self, repair)
 
+    # -- query: indexes, nearest images, nearest classes ----------------------------------------
 
-    # -- optimize: activation maximization ------------------------------------------------------
+    def index(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+              weights: str | None = None, metric: str = "l2", kind: str = "auto", recall: float = 0.95,
+              rebuild: bool = False) -> dict:
+        """Build or bring up to date the FAISS index and class centroids of an array; the build report.
+        `recall`: the recall@10 an approximate index must reach, measured against exact search."""
+        from .query import api
 
-    def optimize(self, layer: str | None = None, units: str | int | list[int] | None = None, *,
-                 model: str = "efficientnet_lite0", sheet: str | Path | None = None, progress: bool = True,
-                 **options) -> pd.DataFrame:
-        """Optimized images for `units` of `layer`, kept in this store; one row per image.
-        Options as `actdb optimize` (objective, class_name, negative, method, steps, lr, size, seed,
-        diversity, snapshots, batch, name, overwrite, weights, preprocess)."""
-        from .optimize.run import OptimizeOptions, optimize
+        if not 0 <= recall <= 1:
+            raise ActdbError(f"recall={recall!r}: give a recall@10 between 0 and 1",
+                             f"--recall {recall}: give a recall@10 between 0 and 1")
+        return api.build(self, self.array(model, layer, reduce=reduce, weights=weights), metric=metric, kind=kind,
+                         recall=recall, rebuild=rebuild)
 
-        if isinstance(units, int):
-            units = str(units)
-        elif units is not None and not isinstance(units, str):
-            units = ",".join(str(u) for u in units)
-        return optimize(self.path, OptimizeOptions(model=model, layer=layer, units=units, **options),
-                        sheet=sheet, progress=progress)
+    def neighbors(self, queries, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                  weights: str | None = None, metric: str = "l2", k: int = 10,
+                  where: str | None = None) -> pd.DataFrame:
+        """Nearest stored images of each query (image file, `id:N`, `optimized:NAME`, `.npy`, NumPy
+        vectors); `where` filters by images columns."""
+        from .query import api
 
-    def optimized(self) -> pd.DataFrame:
-        """Every optimized image of this store, with its parameters and activations."""
+        return api.neighbors(self, self.array(model, layer, reduce=reduce, weights=weights), _queries(queries),
+                             k=k, where=where, metric=metric)
+
+    def classes(self, queries, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                weights: str | None = None, metric: str = "l2", by: str = "centroid", k: int = 50, top: int = 10,
+                class_name: str | None = None) -> pd.DataFrame:
+        """Classes ranked for each query: by centroid, knn, or mean/median/min distance to all members;
+        `class_name`'s row is kept whatever its rank."""
+        from .query import api
+
+        return api.classes(self, self.array(model, layer, reduce=reduce, weights=weights), _queries(queries),
+                           by=by, k=k, top=top, class_name=class_name, metric=metric)
+
+    # -- optimized images -------------------------------------------------------------------------
+
+    def optimized(self, names: list[str] | None = None, *, sheet: str | Path | None = None,
+                  title: str | None = None) -> pd.DataFrame:
+        """The store's optimized images (all, or `names`), with their parameters; `sheet`: a
+        contact sheet of them."""
+        from .files import checked_output
         from .optimize.run import listing
 
-        return listing(self)
+        sheet = sheet and checked_output(sheet, _PNG, "sheet")
+        frame = listing(self)
+        if names is not None:
+            frame = frame.set_index("name").loc[list(names)].reset_index()
+        if sheet:
+            from . import figures
+            from .optimize.sheet import contact_sheet
 
-    # -- analytics I: distances, maps, dataset examples, profiles ----------------------------------
+            figures.save(contact_sheet(frame, self.path, title=title), sheet, "sheet", dpi=100)
+        return frame
 
-    def distances(self, model: str | None = None, layer: str | None = None, reduce: str = "mean", queries=None,
-                  classes: list[str] | None = None, random_classes: int = 10, per_class: int | None = 100,
-                  pairs: int | str = 5000, metric: str = "l2", seed: int = 0, max_images: int = 2000,
-                  weights: str | None = None, progress: bool = False):
+    # -- analytics --------------------------------------------------------------------------------
+
+    def distances(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                  weights: str | None = None, queries=None, classes: str | list[str] | None = None,
+                  random_classes: int = 10, per_class: int | None = 100, pairs: int | str = 5000,
+                  metric: str = "l2", seed: int = 0, max_images: int = 2000, plot: str | Path | None = None,
+                  progress: bool = False):
         """Same-class / different-class / random pair distances of a seeded selection and, with
         `queries`, each query's distances to every chosen class (a `DistanceReport`).
         `reduce="flat"`: whole feature maps computed from the images (at most `max_images`)."""
         from .analytics.distances import distances
+        from .files import checked_output
 
-        return distances(self, model, layer, reduce, _as_list(queries) if queries else None, classes,
-                         random_classes, per_class, pairs, metric, seed, max_images, weights, progress)
+        plot = plot and checked_output(plot, _PNG)
+        array = self._flat_source(model, layer, weights) if reduce == FLAT else \
+            self.array(model, layer, reduce=reduce, weights=weights)
+        report = distances(self, array, queries=_queries(queries) if queries is not None else None,
+                           classes=classes, random_classes=random_classes, per_class=per_class, pairs=pairs,
+                           metric=metric, seed=seed, max_images=max_images, flat=reduce == FLAT, progress=progress)
+        if plot:
+            _save(lambda plots: plots.distances_figure(report), plot)
+        return report
 
-    def map(self, model: str | None = None, layer: str | None = None, reduce: str = "mean", method: str = "pca",
-            classes: list[str] | None = None, per_class: int | None = 100, centroids: bool = False,
-            highlight=None, seed: int = 0, weights: str | None = None) -> pd.DataFrame:
-        """2-D map (pca | tsne | umap) of stored images or class centroids, with `highlight` queries placed in it."""
-        from .analytics.maps import map_points
+    def _flat_source(self, model, layer, weights) -> StoredArray:
+        """Flat maps are computed through a stored array's model and settings: any reduction of the layer."""
+        try:
+            return self.array(model, layer, reduce="mean", weights=weights)
+        except ActdbError:
+            return self.array(model, layer, reduce="max", weights=weights)
 
-        return map_points(self, model, layer, reduce, method, classes, per_class, centroids,
-                          _as_list(highlight) if highlight else None, seed, weights)
+    def map(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+            weights: str | None = None, method: str = "pca", classes: str | list[str] | None = None,
+            per_class: int | None = 100, centroids: bool = False, highlight=None, seed: int = 0,
+            out: str | Path | None = None, plot: str | Path | None = None) -> pd.DataFrame:
+        """2-D map (pca | tsne | umap) of stored images or class centroids, with `highlight` queries
+        placed in it; `out`: every point's coordinates as .parquet or .csv."""
+        from .analytics.maps import COORDINATE_SUFFIXES, map_points, save_coordinates
+        from .files import checked_output
 
-    def top_images(self, unit: int, model: str | None = None, layer: str | None = None, reduce: str = "mean",
-                   k: int = 16, bottom: bool = False, where: str | None = None,
-                   weights: str | None = None) -> pd.DataFrame:
+        plot = plot and checked_output(plot, _PNG)
+        out = out and checked_output(out, COORDINATE_SUFFIXES, "out")
+        frame = map_points(self, self.array(model, layer, reduce=reduce, weights=weights), method=method,
+                           classes=classes, per_class=per_class, centroids=centroids,
+                           highlight=_queries(highlight) if highlight is not None else None, seed=seed)
+        if out:
+            save_coordinates(frame, out)
+        if plot:
+            _save(lambda plots: plots.map_figure(frame), plot)
+        return frame
+
+    def top_images(self, unit: int, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                   weights: str | None = None, k: int = 16, bottom: bool = False, where: str | None = None,
+                   montage: str | Path | None = None) -> pd.DataFrame:
         """The k stored images that excite (`bottom`: suppress) a unit most, streamed over the array."""
         from .analytics.top_images import top_images
+        from .files import checked_output
 
-        return top_images(self, model, layer, unit, reduce, k, bottom, where, weights)
+        montage = montage and checked_output(montage, _PNG, "montage")
+        frame = top_images(self, self.array(model, layer, reduce=reduce, weights=weights), unit, k=k, bottom=bottom,
+                           where=where)
+        if montage:
+            _save(lambda plots: plots.montage_figure(frame), montage)
+        return frame
 
-    def top_classes(self, unit: int, model: str | None = None, layer: str | None = None, reduce: str = "mean",
-                    by: str = "mean", top: int = 10, k: int = 100, weights: str | None = None) -> pd.DataFrame:
+    def top_classes(self, unit: int, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                    weights: str | None = None, by: str = "mean", top: int = 10, k: int = 100,
+                    plot: str | Path | None = None) -> pd.DataFrame:
         """Classes ranked by a unit's mean or median over their members, or their share of its top k images."""
         from .analytics.top_classes import top_classes
+        from .files import checked_output
 
-        return top_classes(self, model, layer, unit, reduce, by, top, k, weights)
+        plot = plot and checked_output(plot, _PNG)
+        frame = top_classes(self, self.array(model, layer, reduce=reduce, weights=weights), unit, by=by, top=top,
+                            k=k)
+        if plot:
+            _save(lambda plots: plots.top_classes_figure(frame), plot)
+        return frame
 
-    def profile(self, queries, model: str | None = None, layer: str | None = None, reduce: str = "mean",
-                vs_class: str | None = None, weights: str | None = None) -> pd.DataFrame:
+    def profile(self, queries, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+                weights: str | None = None, vs_class: str | None = None,
+                plot: str | Path | None = None) -> pd.DataFrame:
         """Each query's activation over every unit, raw and as z-scores against the stored rows."""
         from .analytics.profile import profile
+        from .files import checked_output
 
-        return profile(self, _as_list(queries), model, layer, reduce, vs_class, weights)
+        plot = plot and checked_output(plot, _PNG)
+        frame = profile(self, self.array(model, layer, reduce=reduce, weights=weights), _queries(queries),
+                        vs_class=vs_class)
+        if plot:
+            _save(lambda plots: plots.profile_figure(frame), plot)
+        return frame
 
-    def unit_stats(self, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+    def unit_stats(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                    weights: str | None = None, refresh: bool = False):
-        """Per-unit mean and std over all rows and per class (kept in the catalog, refreshed when rows are added)."""
+        """Per-unit mean and std over all rows and per class (kept in the catalog, refreshed when rows change)."""
         from .analytics.unitstats import unit_stats
 
-        return unit_stats(self, self.find_array(model, layer, reduce, weights), refresh)
+        return unit_stats(self, self.array(model, layer, reduce=reduce, weights=weights), refresh)
 
-
-    # -- analytics II: circuits, feature maps, differentiation, comparison -------------------------
-
-    def compare(self, arrays: list[tuple[str, str]], method: str = "cka", where: str | None = None,
-                max_images: int = 5000, seed: int = 0, reduce: str = "mean", weights: str | None = None):
-        """Linear CKA, debiased CKA or RSA between every pair of stored (model, layer) arrays."""
+    def compare(self, *, model: str | None = None, layers: str | list[str] | None = None,
+                models: str | list[str] | None = None, layer: str | None = None, method: str = "cka",
+                reduce: str = "mean", weights: str | None = None, where: str | None = None,
+                max_images: int = 5000, seed: int = 0, plot: str | Path | None = None):
+        """Linear CKA, debiased CKA or RSA between stored arrays: `model` with `layers`, or
+        `models` with one `layer`."""
         from .analytics import compare
+        from .files import checked_output
 
-        return compare.compare(self, arrays, method, where, max_images, seed, reduce, weights)
+        if bool(layers) == bool(models):
+            raise ActdbError("name the arrays one way: model=M, layers=[a, b, c] or models=[m1, m2], layer=L",
+                             "name the arrays one way: --model M --layers a,b,c or --models m1,m2 --layer L")
+        plot = plot and checked_output(plot, _PNG)
+        pairs = [(model, name) for name in _names(layers)] if layers else [(name, layer) for name in _names(models)]
+        found = [self.array(m, l, reduce=reduce, weights=weights) for m, l in pairs]
+        result = compare.compare(self, found, method=method, where=where, max_images=max_images, seed=seed)
+        if plot:
+            _save(lambda plots: plots.comparison_heatmap(result), plot)
+        return result
 
-    def differentiation(self, sets: list[str], model: str, weights: str = "imagenet", layers: str = "all",
-                        units: int = 200, normalize_by: str | None = None, max_images: int = 200, seed: int = 0):
-        """Differentiation per layer of image SETs (folders, where:SQL on this store, noise:N)."""
-        from .analytics import differentiation
+    # -- the demo ---------------------------------------------------------------------------------
 
-        return differentiation.differentiation_of(_as_list(sets), model, weights, layers, units, normalize_by,
-                                                  max_images, seed, db=self)
+    def demo(self, *, model: str | None = None, views: int = 8, progress: bool = False):
+        """The demo's steps on this store (real photos end to end), one at a time: each is an
+        `actdb` command line to run, or text to show (see `actdb.demo`)."""
+        from .demo import story
 
-    def featuremaps(self, query: str, model: str, layer: str, channels: str | None = None,
-                    unit: int | None = None, weights: str = "imagenet"):
-        """A layer's feature maps for one image file or stored image `id:N`."""
-        from .analytics import featuremaps
-
-        return featuremaps.featuremaps_of(query, model, layer, channels, unit, weights, db=self)
+        return story(self, model=model, views=views, progress=progress)
 
 
-
-def _as_list(queries) -> list:
+def _queries(queries) -> list:
     """Query texts (file, `id:N`, ...) or NumPy vectors: one, a list, or the rows of a 2-D array."""
     if isinstance(queries, np.ndarray):
         return list(np.atleast_2d(queries))
     if isinstance(queries, (str, Path)):
         return [str(queries)]
     return [q if isinstance(q, np.ndarray) else str(q) for q in queries]
+
+
+def _texts(values) -> list[str]:
+    return [str(values)] if isinstance(values, (str, Path)) else [str(v) for v in values]
+
+
+def _names(values) -> list[str]:
+    """A comma-separated string or a list of names."""
+    if isinstance(values, str):
+        return [v.strip() for v in values.split(",") if v.strip()]
+    return list(values)

@@ -1,21 +1,58 @@
-"""Distances between vectors prepared for a metric, in float64: the math that nearest-neighbour
-queries and the analytics share (a shared basic, so neither feature imports the other).
+"""Distances between activation rows, in one place: how rows are prepared for a metric and
+how prepared rows are compared. Nearest-neighbour queries, the analytics and the index all
+use it (a shared basic, so no feature imports another).
 
-l2 is Euclidean distance on raw rows; for cosine and correlation, rows are first made unit
-length (correlation: centred first) by the caller, and the distance is 1 - dot product.
+- ``l2``: rows as they are; distance = Euclidean (scipy ``euclidean``).
+- ``cosine``: rows scaled to unit norm; distance = 1 - <a, b> (scipy ``cosine``).
+- ``correlation``: rows centred (minus their own mean), then unit norm; distance =
+  1 - <a, b> = 1 - Pearson r (scipy ``correlation``). This ranks exactly like Euclidean
+  distance between z-scored rows (the blog posts' normalization).
+
+**Degenerate rows** (all zeros for cosine, constant for correlation) have no direction;
+scipy returns NaN for them. The rule here: a row whose norm after centring is at most
+`DEGENERATE_RELATIVE_NORM` of its raw norm (float rounding of a constant row leaves
+such a residue) becomes the zero vector, so its distance to every row is exactly 1,
+"no similarity", and a store with a few dead images still indexes and compares. A
+*query* with no direction is refused instead (`check_query_directions`): every answer
+to it would be a tie.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .choices import METRICS, check_choice
 from .errors import ActdbError
 
-METRICS = ("l2", "cosine", "correlation")
+DEGENERATE_RELATIVE_NORM = 1e-6
 
 
-def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise ActdbError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+def check_metric(metric: str) -> str:
+    return check_choice("metric", metric, METRICS, "metric")
+
+
+def prepare(rows: np.ndarray, metric: str, dtype=np.float32) -> np.ndarray:
+    """Rows transformed for `metric` (see the module doc), C-contiguous `dtype`."""
+    check_metric(metric)
+    if metric == "l2":
+        return np.ascontiguousarray(rows, dtype=dtype)
+    rows = np.asarray(rows, dtype=np.float64)
+    raw_norms = np.linalg.norm(rows, axis=1)
+    if metric == "correlation":
+        rows = rows - rows.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(rows, axis=1)
+    degenerate = norms <= DEGENERATE_RELATIVE_NORM * raw_norms
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=~degenerate)
+    return np.ascontiguousarray(rows * scale[:, None], dtype=dtype)
+
+
+def check_query_directions(prepared: np.ndarray, metric: str) -> None:
+    """Refuse prepared queries that `prepare` made the zero vector (cosine, correlation)."""
+    if metric == "l2":
+        return
+    degenerate = ~np.asarray(prepared).any(axis=1)
+    if degenerate.any():
+        raise ActdbError(f"query {int(np.argmax(degenerate))} has no {metric} direction (all zeros or constant); "
+                         "use metric l2")
 
 
 def pairwise_distances(queries: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:

@@ -12,8 +12,6 @@ from .tfquiet import import_tensorflow
 
 tf = import_tensorflow()
 
-RESIZE_MODES = ("center-crop", "squash")
-
 
 def decode(data: tf.Tensor) -> tf.Tensor:
     """Any supported file (JPEG, PNG, GIF first frame, BMP, WebP) to uint8 RGB; gray, CMYK,
@@ -25,7 +23,7 @@ def resize(image: tf.Tensor, size: int, mode: str) -> tf.Tensor:
     """uint8 HxWx3 to float32 size x size x 3 in [0, 255].
 
     center-crop: shorter side to `size`, then the centre square (the usual evaluation crop);
-    squash: straight to size x size, aspect ratio lost (the seeds' `load_img(target_size=...)`).
+    squash: straight to size x size, aspect ratio lost (the notebooks' `load_img(target_size=...)`).
     """
     if mode == "squash":
         return tf.image.resize(image, [size, size], antialias=True)

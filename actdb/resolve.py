@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from . import weightspec
 from .errors import ActdbError
-from .store import arrays
+from .store.stored_array import StoredArray
 
 
 OPTIMIZED_PREFIX = "optimized:"
@@ -29,7 +29,7 @@ class Queries:
     image_ids: list[int | None]  # the stored image a query is, if it is one
 
 
-def resolve(db, array: pd.Series, queries: list) -> Queries:
+def resolve(db, array: StoredArray, queries: list) -> Queries:
     """Vectors for every QUERY, files batched through one model load. From Python a query may
     also be a NumPy vector; it is named `vector:POSITION` in the results."""
     if not len(queries):
@@ -40,7 +40,7 @@ def resolve(db, array: pd.Series, queries: list) -> Queries:
     files = []
     for position, text in enumerate(queries):
         if isinstance(text, np.ndarray):
-            vectors[position] = _checked_vector(text, int(array.channels), f"vector {position}")
+            vectors[position] = _checked_vector(text, array.channels, f"vector {position}")
             queries[position] = f"vector:{position}"
         elif text.startswith("id:"):
             image_ids[position] = _parse_id(text)
@@ -48,7 +48,7 @@ def resolve(db, array: pd.Series, queries: list) -> Queries:
         elif text.startswith(OPTIMIZED_PREFIX):
             vectors[position] = optimized_vectors(db, array, [optimized_name(db, text)])[0]
         elif text.endswith(".npy"):
-            vectors[position] = _npy_vector(text, int(array.channels))
+            vectors[position] = _npy_vector(text, array.channels)
         else:
             if not Path(text).is_file():
                 raise ActdbError(f"query {text!r} is not a file, id:N, optimized:NAME or a .npy vector")
@@ -68,12 +68,11 @@ def _parse_id(text: str) -> int:
     return int(digits)
 
 
-def _stored_row(db, array: pd.Series, image_id: int) -> np.ndarray:
-    done = db.sql("SELECT count(*) AS n FROM done WHERE array_id = ? AND image_id = ?",
-                  [int(array.array_id), image_id]).n[0]
+def _stored_row(db, array: StoredArray, image_id: int) -> np.ndarray:
+    done = db.sql("SELECT count(*) AS n FROM done WHERE array_id = ? AND image_id = ?", [array.id, image_id]).n[0]
     if not done:
         raise ActdbError(f"image id:{image_id} {_why_not_stored(db, image_id)}")
-    return arrays.read_rows(arrays.open_array(db.path, array.zarr_path), np.array([image_id]))[0]
+    return db.rows(array, [image_id])[0]
 
 
 def _why_not_stored(db, image_id: int) -> str:
@@ -106,10 +105,10 @@ def image_file(text: str, db=None) -> str:
     return text
 
 
-def _stored_id_of_file(db, array: pd.Series, path: str) -> int | None:
+def _stored_id_of_file(db, array: StoredArray, path: str) -> int | None:
     """A query file that is a stored image is that image (class statistics leave it out)."""
     found = db.sql("SELECT i.id FROM images i JOIN done d ON d.image_id = i.id AND d.array_id = ? WHERE i.path = ?",
-                   [int(array.array_id), str(Path(path).resolve())])
+                   [array.id, str(Path(path).resolve())])
     return None if found.empty else int(found.id[0])
 
 
@@ -131,11 +130,11 @@ def optimized_image_file(db, text: str) -> Path:
     return db.path / db.sql("SELECT png FROM optimized_images WHERE name = ?", [name]).png[0]
 
 
-def optimized_vectors(db, array: pd.Series, names: list[str]) -> np.ndarray:
+def optimized_vectors(db, array: StoredArray, names: list[str]) -> np.ndarray:
     """Optimized images' vectors in one stored array: each PNG through the array's model exactly
     as a query file is, computed the first time an array needs it and kept in the catalog."""
     kept = db.sql("SELECT name, vector FROM optimized_vectors WHERE array_id = ? AND name IN "
-                  "(SELECT unnest(?::VARCHAR[]))", [int(array.array_id), names])
+                  "(SELECT unnest(?::VARCHAR[]))", [array.id, names])
     found = dict(zip(kept.name, kept.vector))
     missing = [n for n in names if n not in found]
     if missing:
@@ -144,7 +143,7 @@ def optimized_vectors(db, array: pd.Series, names: list[str]) -> np.ndarray:
         computed = file_vectors(db, array, [str(db.path / png_of[n]) for n in missing])
         with db.catalog.write() as con:
             con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                            [(n, int(array.array_id), v.tolist()) for n, v in zip(missing, computed)])
+                            [(n, array.id, v.tolist()) for n, v in zip(missing, computed)])
         found.update(zip(missing, computed))
     return np.stack([np.asarray(found[n], np.float32) for n in names])
 
@@ -152,20 +151,23 @@ def optimized_vectors(db, array: pd.Series, names: list[str]) -> np.ndarray:
 def optimized_vectors_in_every_array(db, names: list[str]) -> None:
     """Keep new optimized images' vectors for every stored array, one model load per model and
     settings; an array whose model cannot be loaded here gets them when first queried."""
-    table = db.arrays()
-    if table.empty:
+    stored = db.arrays()
+    if not stored:
         return
-    table["batch_size"] = [_ingest_batch_size(db, a) for _, a in table.iterrows()]
     pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names])
     paths = [str(db.path / png) for png in pngs.png]
-    for _, group in table.groupby(["model", "weights", "precision", "resize", "reduce", "batch_size"]):
+    groups: dict[tuple, list[StoredArray]] = {}
+    for array in stored:
+        settings = (array.model_id, array.precision, array.resize, array.reduce, _ingest_batch_size(db, array))
+        groups.setdefault(settings, []).append(array)
+    for group in groups.values():
         try:
-            computed = _files_through_layers(db, group.iloc[0], list(group.layer), paths)
+            computed = _files_through_layers(db, group[0], [a.layer for a in group], paths)
         except ActdbError:
             continue
         with db.catalog.write() as con:
             con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                            [(name, int(a.array_id), vector.tolist()) for a in group.itertuples()
+                            [(name, a.id, vector.tolist()) for a in group
                              for name, vector in zip(pngs.name, computed[a.layer])])
 
 
@@ -191,7 +193,7 @@ def _checked_vector(vector: np.ndarray, channels: int, name: str) -> np.ndarray:
     return vector
 
 
-def file_vectors(db, array: pd.Series, paths: list[str], reduce: str | None = None,
+def file_vectors(db, array: StoredArray, paths: list[str], reduce: str | None = None,
                  progress: bool = False) -> np.ndarray:
     """Image files through the same model and settings as the stored rows.
 
@@ -200,19 +202,17 @@ def file_vectors(db, array: pd.Series, paths: list[str], reduce: str | None = No
     return _files_through_layers(db, array, [array.layer], paths, reduce, progress)[array.layer]
 
 
-def _files_through_layers(db, array: pd.Series, layers: list[str], paths: list[str], reduce: str | None = None,
+def _files_through_layers(db, array: StoredArray, layers: list[str], paths: list[str], reduce: str | None = None,
                           progress: bool = False) -> dict[str, np.ndarray]:
     """Files through `array`'s model and settings, at every layer in `layers` (one model load)."""
     from .images import pixels_of_file
     from .models import load_model, weights_digest
     from .models.forward import Extractor
 
-    model = db.sql("SELECT * FROM models WHERE id = (SELECT model_id FROM arrays WHERE id = ?)",
-                   [int(array.array_id)]).iloc[0]
-    loaded = load_model(_model_argument(model), _weights_argument(model), array.precision,
-                        model.preprocess if model.model_path else None)
-    if weights_digest(loaded.keras_model) != model.weights_digest:
-        raise ActdbError(f"the weights of {model['name']} on this machine differ from those of the stored rows; "
+    loaded = load_model(_model_argument(array), _weights_argument(array), array.precision,
+                        array.preprocess if array.model_path else None)
+    if weights_digest(loaded.keras_model) != array.weights_digest:
+        raise ActdbError(f"the weights of {array.model} on this machine differ from those of the stored rows; "
                          "queries would not be comparable")
     extractor = Extractor(loaded, layers, reduce or array.reduce, _ingest_batch_size(db, array))
     rows = []
@@ -229,31 +229,30 @@ def _files_through_layers(db, array: pd.Series, layers: list[str], paths: list[s
     return {layer: np.concatenate([r[layer] for r in rows]) for layer in layers}
 
 
-def _model_argument(model: pd.Series) -> str:
-    if model.model_path:
-        if not Path(model.model_path).is_file():
-            raise ActdbError(f"the model file {model.model_path} of the stored rows is gone: restore it to query by file")
-        return model.model_path
-    return model["name"]
+def _model_argument(array: StoredArray) -> str:
+    if array.model_path:
+        if not Path(array.model_path).is_file():
+            raise ActdbError(f"the model file {array.model_path} of the stored rows is gone: restore it to query by file")
+        return array.model_path
+    return array.model
 
 
-def _weights_argument(model: pd.Series) -> str:
-    if model.model_path:
-        return "imagenet"  # a saved .keras model carries its own weights; models.load ignores this
-    if model.weights.startswith("random:seed="):
-        return "random:" + model.weights.split("=", 1)[1]
-    if model.weights.startswith("file:"):
-        if not model.weights_path or not Path(model.weights_path).is_file():
-            raise ActdbError(f"the weights file {model.weights_path} of the stored rows is gone: restore it "
+def _weights_argument(array: StoredArray) -> str:
+    """What `load_model` needs to rebuild the recorded weights."""
+    if array.model_path:
+        return weightspec.IMAGENET  # a saved .keras model carries its own weights; models.load ignores this
+    if array.weights.startswith(weightspec.FILE_PREFIX):
+        if not array.weights_path or not Path(array.weights_path).is_file():
+            raise ActdbError(f"the weights file {array.weights_path} of the stored rows is gone: restore it "
                              "to query by file")
-        return model.weights_path
-    return model.weights
+        return array.weights_path
+    return weightspec.given(array.weights)
 
 
-def _ingest_batch_size(db, array: pd.Series) -> int:
+def _ingest_batch_size(db, array: StoredArray) -> int:
     """The batch shape the stored rows were computed with, so a stored file maps to its own row exactly."""
     params = db.sql("SELECT params FROM runs WHERE id = (SELECT max(run_id) FROM done WHERE array_id = ?)",
-                    [int(array.array_id)])
+                    [array.id], memoize=True)
     if params.empty or params.params[0] is None:
         return 32
     return int(json.loads(params.params[0]).get("batch_size") or 32)

@@ -1,4 +1,4 @@
-"""`actdb differentiation` against a straightforward NumPy implementation, as seed 004 did it.
+"""`actdb differentiation` against a straightforward NumPy implementation, as notebook 004 did it.
 
 3 sets x 43 images (white noise; 43 views of one photo, the tabby `chelsea`, standing in for
 004's cats; 43 views spread over the six real photos, for 004's random objects), every

@@ -11,7 +11,7 @@ Per model (vgg19 -> block5_conv4, mobilenet_v2 -> out_relu):
       spatial mean on one fixed in-memory batch of decoded photos, called repeatedly;
   (b) ingest / a hand-written tf.data pipeline (decode_jpeg, resize + centre crop, batch,
       prefetch, same cut model + mean, results kept in memory);
-  (c) ingest / the seeds' per-image loop (keras load_img -> img_to_array ->
+  (c) ingest / the notebooks' per-image loop (keras load_img -> img_to_array ->
       preprocess_input -> model.predict(x[None]) -> np.mean), on a subset;
   (d) peak RSS of `python -m actdb ingest` on 1x and 4x the images, each in a fresh
       subprocess (per-child rusage from os.wait4);
@@ -66,7 +66,7 @@ MODELS = {
     "vgg19": ("block5_conv4", 160, 48),
     "mobilenet_v2": ("out_relu", 600, 600),
 }
-SEED_PREPROCESS = {  # what the seeds called on one image
+SEED_PREPROCESS = {  # what the notebooks called on one image
     "vgg19": keras.applications.vgg19.preprocess_input,
     "mobilenet_v2": keras.applications.mobilenet_v2.preprocess_input,
 }
@@ -272,7 +272,7 @@ def hand_pipeline(cut, preprocess, paths: list[str], batch_size: int) -> tuple[S
 
 
 def seeds_loop(cut, name: str, paths: list[str]) -> Sample:
-    """The seeds' code, one image at a time (the first call, untimed, builds predict's function)."""
+    """The notebooks' code, one image at a time (the first call, untimed, builds predict's function)."""
     preprocess_input = SEED_PREPROCESS[name]
 
     def one(path):
@@ -462,7 +462,7 @@ def section(name: str, args, root: Path, table: list) -> None:
     print(f"hand tf.data pipeline            {hand}")
     print(f"  (its first batch {max(trace_extra):+.1f}s over the others: trace; "
           f"AUTOTUNE iterator teardown {max(teardowns):.2f}s, not counted)")
-    print(f"seeds' per-image loop ({len(seed_paths)} img)  {seeds}")
+    print(f"notebooks' per-image loop ({len(seed_paths)} img)  {seeds}")
     print(f"actdb ingest (library call)      {ours}")
     print(f"  actdb decode+resize, no model  {decode}")
     cap = 1 / (1 / bare.ips + 1 / decode.ips)
@@ -473,7 +473,7 @@ def section(name: str, args, root: Path, table: list) -> None:
           f"{(ours.cpu_per_image - bare.cpu_per_image - decode.cpu_per_image) * 1000:+.1f} ms "
           f"({math.ceil(n / bs)} batches)")
     results = {"a": ratios(ours, bare), "b": ratios(ours, hand), "c": ratios(ours, seeds)}
-    labels = {"a": "ingest / bare forward", "b": "ingest / hand tf.data", "c": f"ingest / seeds' loop [{precision}]"}
+    labels = {"a": "ingest / bare forward", "b": "ingest / hand tf.data", "c": f"ingest / notebooks' loop [{precision}]"}
     for key, (wall, cpu) in results.items():
         target = TARGETS.get((key, name)) if key != "c" or precision == "float32" else None
         shown = f"target >= {target}" if target else "no target"

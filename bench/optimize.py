@@ -2,19 +2,19 @@
 
 On one model, layer, image size and number of steps, measured in this one run:
   actdb     `fft` method, all 16 units in one batch (actdb.optimize.loops, as `actdb optimize` runs it)
-  seeds     000's compiled one-unit `gradient_ascent`, verbatim, run 16 times (one per unit)
+  notebooks 000's compiled one-unit `gradient_ascent`, verbatim, run 16 times (one per unit)
   tf-keras-vis 0.8.7 `ActivationMaximization`, 16 units batched through `seed_input` (its defaults:
             RMSprop 1.0, Jitter + Rotate2D, TotalVariation + Norm), on the model behind its own
             preprocessing so that it optimizes pixels in 0..255 as it expects
 Each contender first runs one step on the same shapes (tracing, excluded from the timing).
 The final activation is the unit's spatial mean on the image each returns, fed as pixels through the
-model's preprocessing (actdb: its PNG; seeds: the loop's tensor, and its PNG `255 * (x + 1) / 2`;
+model's preprocessing (actdb: its PNG; notebooks: the loop's tensor, and its PNG `255 * (x + 1) / 2`;
 tf-keras-vis: its 0..255 result), averaged over the 16 units.
 
     PYTHONPATH=. python bench/optimize.py [lite_steps=32] [vgg_steps=8] [lite_layer=top_bn]
 
 top_bn is top_activation before its ReLU6: on the grey start of the fft method most top_activation
-units are 0 and get no gradient, and the seeds' loop divides a zero gradient by its zero std (NaN).
+units are 0 and get no gradient, and the notebooks' loop divides a zero gradient by its zero std (NaN).
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def bench(label, loaded, layer, steps, size):
     timer, pixels = actdb_contender(loaded, layer, steps, size)
     rows.append(("actdb fft, 16 units batched", timer, *unit_means(loaded, layer, pixels)))
     timer, tensors, pngs = seeds_contender(loaded, layer, steps, size)
-    rows.append(("seeds' loop (000), 16 runs", timer, *unit_means(loaded, layer, tensors, preprocessed=True)))
+    rows.append(("notebooks' loop (000), 16 runs", timer, *unit_means(loaded, layer, tensors, preprocessed=True)))
     seeds_png, _ = unit_means(loaded, layer, pngs)
     try:
         timer, result = tf_keras_vis_contender(loaded, layer, steps, size)
@@ -140,7 +140,7 @@ def bench(label, loaded, layer, steps, size):
     for name, timer, _, _ in rows[1:]:
         print(f"actdb / {name.split(',')[0]}: {timer.wall / actdb.wall:.2f}x units/s wall, "
               f"{timer.cpu / actdb.cpu:.2f}x units per CPU-second")
-    print(f"(seeds' loop, its saved PNG 255*(x+1)/2 instead of its tensor: final activation {seeds_png:.4g})")
+    print(f"(notebooks' loop, its saved PNG 255*(x+1)/2 instead of its tensor: final activation {seeds_png:.4g})")
     sys.stdout.flush()
 
 

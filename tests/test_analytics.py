@@ -1,4 +1,4 @@
-"""Analytics I (distances, map, top-images, top-classes, profile) on a tiny-model store, every
+"""The analyses (distances, map, top-images, top-classes, profile) on a tiny-model store, every
 number against an independent computation in the test: SciPy, scikit-learn, openTSNE,
 NumPy argsort / mean / std, and a direct Keras forward pass for flat maps."""
 from __future__ import annotations
@@ -38,7 +38,7 @@ def store(tmp_path_factory, tiny_model_path):
 
 def stored(store, reduce="mean"):
     db = actdb.open(store)
-    ids, vectors = db.activations("tiny", "conv2", reduce, return_ids=True)
+    ids, vectors = db.activations("tiny", "conv2", reduce=reduce, return_ids=True)
     labels = db.images().set_index("id").label.loc[ids].to_numpy()
     return db, ids, vectors.astype(np.float64), labels
 
@@ -80,7 +80,7 @@ def test_all_pairs_statistics_equal_scipy_pdist(store, run_cli, metric):
     _, _, vectors, labels = stored(store)
     result = run_cli("--store", store, "distances", *ARRAY, "--random-classes", 3, "--per-class", 100,
                      "--pairs", "all", "--metric", metric, "--json")
-    groups = {row["group"]: row for row in json.loads(result.output)["pairs"]}
+    groups = {row["group"]: row for row in json.loads(result.stdout)["pairs"]}
     distances = pdist(vectors, SCIPY[metric])
     first, second = np.triu_indices(len(vectors), k=1)
     same = labels[first] == labels[second]
@@ -95,7 +95,7 @@ def test_query_distances_percentiles_and_ranks_equal_scipy(store, run_cli, tmp_p
     np.save(vector, vectors[ids == 4][0] * 1.5 + 0.1)
     result = run_cli("--store", store, "distances", *ARRAY, "--classes", "tench,sea_cucumber", "--random-classes", 1,
                      "--per-class", 100, "--query", "id:4", "--query", vector, "--json")
-    rows = pd.DataFrame(json.loads(result.output)["queries"])
+    rows = pd.DataFrame(json.loads(result.stdout)["queries"])
     for query, q_vector, own in (("id:4", vectors[ids == 4][0], 4), (str(vector), np.load(vector), None)):
         got = rows[rows["query"] == query].set_index("target")
         medians = {}
@@ -118,25 +118,25 @@ def test_sampled_pairs_belong_to_their_group_and_follow_the_seed(store):
     full = cdist(vectors, vectors)
     same_mask = labels[:, None] == labels[None, :]
     np.fill_diagonal(same_mask, False)
-    report = db.distances("tiny", "conv2", random_classes=3, per_class=100, pairs=400, seed=3)
+    report = db.distances(model="tiny", layer="conv2", random_classes=3, per_class=100, pairs=400, seed=3)
     for group, allowed in (("same class", full[same_mask]), ("different class", full[~(labels[:, None] == labels)])):
         sampled = report.pair_samples[group]
         assert len(sampled) == 400
         nearest = np.abs(sampled[:, None] - allowed[None, :]).min(axis=1)
         assert nearest.max() < 1e-9 * max(1.0, allowed.max()), group  # every sample is a pair of that group
         same_set[group] = sampled
-    again = db.distances("tiny", "conv2", random_classes=3, per_class=100, pairs=400, seed=3)
-    other = db.distances("tiny", "conv2", random_classes=3, per_class=100, pairs=400, seed=4)
+    again = db.distances(model="tiny", layer="conv2", random_classes=3, per_class=100, pairs=400, seed=3)
+    other = db.distances(model="tiny", layer="conv2", random_classes=3, per_class=100, pairs=400, seed=4)
     np.testing.assert_array_equal(again.pair_samples["same class"], same_set["same class"])
     assert not np.array_equal(other.pair_samples["same class"], same_set["same class"])
 
 
 def test_flat_distances_use_whole_feature_maps_from_a_direct_forward_pass(store, tiny_model_path):
-    """--reduce flat is the seeds' flat maps, computed here with Keras by hand; the means differ."""
+    """--reduce flat is the notebooks' flat maps, computed here with Keras by hand; the means differ."""
     import keras
 
     db = actdb.open(store)
-    report = db.distances("tiny", "conv2", "flat", queries=["id:2"], classes=["tench"], random_classes=0,
+    report = db.distances(model="tiny", layer="conv2", reduce="flat", queries=["id:2"], classes=["tench"], random_classes=0,
                           per_class=4, pairs="all", seed=0)
     model = keras.models.load_model(tiny_model_path)
     cut = keras.Model(model.inputs, model.get_layer("conv2").output)
@@ -151,7 +151,7 @@ def test_flat_distances_use_whole_feature_maps_from_a_direct_forward_pass(store,
                   / 127.5 - 1.0]).numpy().reshape(1, -1)
     row = report.queries.set_index("target").loc["tench"].to_dict()
     assert_statistics(row, cdist(query, maps[sample != 2])[0])
-    means = db.distances("tiny", "conv2", queries=["id:2"], classes=["tench"], random_classes=0, per_class=4,
+    means = db.distances(model="tiny", layer="conv2", queries=["id:2"], classes=["tench"], random_classes=0, per_class=4,
                          pairs="all", seed=0)
     assert abs(means.pairs["mean"][0] - report.pairs["mean"][0]) > 1.0  # different spaces, different numbers
 
@@ -170,10 +170,11 @@ def test_distances_plot_is_a_png(store, run_cli, tmp_path):
 def test_pca_map_equals_sklearn_up_to_sign_and_draws_the_query_where_the_table_says(store, tmp_path):
     from sklearn.decomposition import PCA
 
+    from actdb import figures
     from actdb.analytics import plots
 
     db, ids, vectors, labels = stored(store)
-    frame = db.map("tiny", "conv2", method="pca", per_class=100, highlight=["id:5", "id:22"])
+    frame = db.map(model="tiny", layer="conv2", method="pca", per_class=100, highlight=["id:5", "id:22"])
     images = frame[frame.kind == "image"].set_index("id").loc[ids]
     pca = PCA(n_components=2).fit(vectors)
     expected = pca.transform(vectors)
@@ -183,8 +184,8 @@ def test_pca_map_equals_sklearn_up_to_sign_and_draws_the_query_where_the_table_s
     np.testing.assert_allclose(queries[["x", "y"]].to_numpy(), pca.transform(vectors[[5, 22]]) * signs,
                                rtol=1e-5, atol=1e-6)
     figure = plots.map_figure(frame)
-    np.testing.assert_allclose(plots.highlighted_offsets(figure), queries[["x", "y"]].to_numpy())
-    assert_png(plots.save(figure, tmp_path / "map.png"))
+    np.testing.assert_allclose(plots.highlighted_offsets(figure.axes[0]), queries[["x", "y"]].to_numpy())
+    assert_png(figures.save(figure, tmp_path / "map.png"))
 
 
 def test_tsne_map_equals_opentsne_for_the_seed_and_reuses_the_fit(store, run_cli, tmp_path):
@@ -204,7 +205,7 @@ def test_tsne_map_equals_opentsne_for_the_seed_and_reuses_the_fit(store, run_cli
         vectors[np.searchsorted(ids, images.id)])  # the points in the map's order
     np.testing.assert_allclose(images[["x", "y"]].to_numpy(), np.asarray(embedding), rtol=1e-4, atol=1e-4)
     assert_png(tmp_path / "tsne.png")
-    again = db.map("tiny", "conv2", method="tsne", highlight=["id:9"], seed=2)
+    again = db.map(model="tiny", layer="conv2", method="tsne", highlight=["id:9"], seed=2)
     assert again.attrs["cached"] and len(list((store / "maps").glob("tsne-*.pkl"))) == 1
     np.testing.assert_allclose(again[again.kind == "image"][["x", "y"]].to_numpy(), images[["x", "y"]].to_numpy(),
                                rtol=1e-6)
@@ -217,7 +218,7 @@ def test_centroid_map_maps_class_means(store):
     from sklearn.decomposition import PCA
 
     db, ids, vectors, labels = stored(store)
-    frame = db.map("tiny", "conv2", method="pca", centroids=True)
+    frame = db.map(model="tiny", layer="conv2", method="pca", centroids=True)
     classes = sorted(set(labels))
     means = np.stack([vectors[labels == c].mean(axis=0) for c in classes])
     assert frame.label.tolist() == classes and set(frame.kind) == {"centroid"}
@@ -335,11 +336,11 @@ def test_unit_statistics_are_kept_and_refreshed_when_rows_are_added(tmp_path, ti
     with duckdb.connect(str(store / "catalog.duckdb")) as con:  # a store made before the table existed
         con.execute("DROP TABLE unit_stats")
     db = actdb.open(store)
-    first = db.unit_stats("tiny", "conv2")
+    first = db.unit_stats(model="tiny", layer="conv2")
     assert db.sql("SELECT members FROM unit_stats WHERE class = '*'").members[0] == 6
     run_cli(*ingest)  # adds the third class
     db, ids, vectors, labels = stored(store)
-    refreshed = db.unit_stats("tiny", "conv2")
+    refreshed = db.unit_stats(model="tiny", layer="conv2")
     assert first.members == 6 and refreshed.members == 9 == len(vectors)
     np.testing.assert_allclose(refreshed.mean, vectors.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(refreshed.std, vectors.std(axis=0), rtol=1e-5, atol=1e-7)

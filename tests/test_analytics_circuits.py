@@ -32,7 +32,7 @@ def circuit_model(tmp_path_factory):
 def weights_json(run_cli, path, *args):
     result = run_cli("weights", "--model", path, "--preprocess", "none", "--json", *args)
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)
 
 
 def test_kernel_norms_equal_numpy_frobenius_norms(run_cli, circuit_model):
@@ -47,16 +47,16 @@ def test_kernel_norms_equal_numpy_frobenius_norms(run_cli, circuit_model):
 
 
 def test_expanded_weights_of_adjacent_convs_are_the_kernel(circuit_model):
-    from actdb.analytics.weights import weights_of
+    from actdb.analytics.weights import incoming_weights
 
     path, weights = circuit_model
-    result = weights_of(str(path), "conv2", 4, from_layer="conv1", preprocess="none")
+    result = incoming_weights(model=str(path), layer="conv2", unit=4, from_layer="conv1", preprocess="none")
     np.testing.assert_allclose(result.maps, weights["conv2"][0][:, :, :, 4], rtol=1e-5, atol=1e-7)
 
 
 def test_expanded_weights_across_a_relu_are_the_composed_kernels(circuit_model):
     """conv0 -> conv1 (ReLU) -> conv2: the 5x5 full correlation of the two kernels, in NumPy."""
-    from actdb.analytics.weights import weights_of
+    from actdb.analytics.weights import incoming_weights
 
     path, weights = circuit_model
     k1, k2 = weights["conv1"][0], weights["conv2"][0][:, :, :, 1]
@@ -66,19 +66,19 @@ def test_expanded_weights_across_a_relu_are_the_composed_kernels(circuit_model):
             for p in range(3):
                 for q in range(3):
                     composed[i + p, j + q] += k1[p, q] @ k2[i, j]
-    result = weights_of(str(path), "conv2", 1, from_layer="conv0", preprocess="none")
+    result = incoming_weights(model=str(path), layer="conv2", unit=1, from_layer="conv0", preprocess="none")
     np.testing.assert_allclose(result.maps, composed, rtol=1e-4, atol=1e-6)
     assert result.ranking.channel.tolist() == np.argsort(-np.linalg.norm(composed, axis=(0, 1))).tolist()
 
 
 def test_expanded_weights_through_max_pool_average_it(circuit_model):
     """Max-pool becomes 2x2 average-pool: each conv tap spreads a quarter over its 2x2 block."""
-    from actdb.analytics.weights import weights_of
+    from actdb.analytics.weights import incoming_weights
 
     path, weights = circuit_model
     kernel = weights["conv_after_pool"][0][:, :, :, 2]
     expected = np.repeat(np.repeat(kernel, 2, axis=0), 2, axis=1) / 4
-    result = weights_of(str(path), "conv_after_pool", 2, from_layer="conv0", preprocess="none")
+    result = incoming_weights(model=str(path), layer="conv_after_pool", unit=2, from_layer="conv0", preprocess="none")
     np.testing.assert_allclose(result.maps, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -111,7 +111,7 @@ def test_featuremaps_equal_a_direct_keras_forward_pass(run_cli, circuit_model, t
     result = run_cli("featuremaps", image, "--model", path, "--preprocess", "none", "--layer", "conv1",
                      "--channels", "1-3", "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     model = keras.models.load_model(path, compile=False)
     pixels = np.asarray(Image.open(image).convert("RGB"), np.float32)[None]
     maps = keras.Model(model.input, model.get_layer("conv1").output)(pixels).numpy()[0][:, :, 1:4]
@@ -147,7 +147,7 @@ def test_featuremaps_plots_are_sensible_pngs(run_cli, circuit_model, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (("--layer", "conv1", "--unit", 9), "--unit 9 is out of range: conv1 has channels 0..4"),
-    (("--layer", "conv1", "--channels", "2-7"), "--channels '2-7': this layer has channels 0..4"),
+    (("--layer", "conv1", "--channels", "2-7"), "--channels 2-7: unit 7 is out of range: conv1 has channels 0..4"),
     (("--layer", "dense"), "dense has output shape (None, 7): feature maps need a spatial layer"),
 ])
 def test_bad_featuremaps_input_is_one_line(run_cli, circuit_model, tmp_path, args, message):
@@ -187,4 +187,4 @@ def test_a_depthwise_unit_reads_one_input_channel():
     result = incoming(LoadedModel(model, "dw-model", "random", "none", 8), "dw", 5)
     assert result.ranking.channel.tolist() == [2]
     assert result.ranking.norm[0] == pytest.approx(np.linalg.norm(kernel[:, :, 2, 1]))
-    assert "reads only input channel 2" in result.note
+    assert any("reads only input channel 2" in warning for warning in result.warnings)

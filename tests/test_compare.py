@@ -62,7 +62,7 @@ def unbiased_gram_cka(x, y):
 def compare_json(run_cli, store, *args):
     result = run_cli("--store", store, "compare", "--model", "tiny", "--layers", ",".join(LAYERS), "--json", *args)
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)
 
 
 def stored_rows(store):

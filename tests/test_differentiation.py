@@ -1,4 +1,4 @@
-"""actdb differentiation against seed 004's definition written here in NumPy/SciPy from the
+"""actdb differentiation against Notebook 004's definition written here in NumPy/SciPy from the
 recorded unit indices, and its invariances."""
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def report(tiny_model_path, photo_folder):
             "--layers", "all", "--units", "60", "--seed", "3", "--batch-size", "4", "--json"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)
 
 
 def differentiation_004(responses: np.ndarray) -> float:
@@ -110,7 +110,7 @@ def test_noise_normalized_by_itself_is_one(run_cli, tiny_model_path, photo_folde
     result = run_cli("differentiation", photo_folder, "noise:4", "--model", tiny_model_path, "--preprocess", "tf",
                      "--layers", "conv1,conv2", "--units", 30, "--normalize-by", "noise:4", "--json", "--plot", plot)
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)["rows"]
+    rows = json.loads(result.stdout)["rows"]
     noise = [r for r in rows if r["set"] == "noise:4"]
     photos = [r for r in rows if r["set"] == str(photo_folder)]
     assert len(noise) == len(photos) == 2
@@ -130,7 +130,7 @@ def test_where_sets_select_stored_images(run_cli, tiny_model_path, tmp_path):
     result = run_cli("--store", store, "differentiation", "where:label = 'tench'", source / "n01440764",
                      "--model", tiny_model_path, "--preprocess", "tf", "--layers", "conv2", "--units", 40, "--json")
     assert result.exit_code == 0, result.output
-    first, second = json.loads(result.output)["rows"]
+    first, second = json.loads(result.stdout)["rows"]
     assert first["images"] == second["images"] == 3
     assert first["differentiation"] == pytest.approx(second["differentiation"], rel=1e-5)  # the same three files
 

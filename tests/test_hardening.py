@@ -87,7 +87,7 @@ def test_where_cannot_read_files(built, query):
 def test_sql_still_reads_the_catalog_and_refuses_ambiguous_output(built):
     result = invoke("--store", built["store"], "sql", "SELECT path FROM images WHERE id = 0", "--json")
     assert result.exit_code == 0 and "\\/" not in result.output
-    assert json.loads(result.output)[0]["path"].startswith(str(built["source"]))
+    assert json.loads(result.stdout)[0]["path"].startswith(str(built["source"]))
     one_line_error(invoke("--store", built["store"], "sql", "SELECT 1; SELECT 2"), "one statement")
     one_line_error(invoke("--store", built["store"], "sql", "SELECT 1", "--json", "--csv"), "--json or --csv")
     assert "class_centroids" in invoke("sql", "--help").output
@@ -108,7 +108,7 @@ def test_a_deleted_chunk_is_an_error_and_check_repair_restores_it(built, tmp_pat
     with pytest.raises(actdb.ActdbError, match=r"chunk .*missing.*actdb check --repair"):
         actdb.open(store).activations("tiny", "conv2")
     one_line_error(invoke("--store", store, "neighbors", "id:0", *ARRAY, "-k", 3), "check --repair")
-    report = json.loads(invoke("--store", store, "check", "--json").output)
+    report = json.loads(invoke("--store", store, "check", "--json").stdout)
     assert not report["ok"] and [p["problem"] for p in report["problems"]] == ["missing chunk"]
     assert report["problems"][0]["array"].endswith("conv2/mean")
     assert invoke("--store", store, "check").exit_code == 1
@@ -119,12 +119,12 @@ def test_a_deleted_chunk_is_an_error_and_check_repair_restores_it(built, tmp_pat
     assert actdb.open(store).sql(indexed).n[0] == 0  # its index held the unmarked rows' vectors
     assert len(list((store / "indexes").glob("*.faiss"))) == 0
     rerun = invoke(*ingest_args(store, built["source"], built["model"], "--json"))
-    summary = json.loads(rerun.output)
+    summary = json.loads(rerun.stdout)
     assert summary["ingested"] == 18 and summary["failed"] == 1  # the broken file, not retried
     run = actdb.open(store).sql("SELECT ingested, failed FROM runs WHERE id = ?", [summary["run_id"]]).iloc[0]
     assert run.tolist() == [18, 1]  # the runs row says what the summary said
     np.testing.assert_array_equal(actdb.open(store).activations("tiny", "conv2"), original)
-    assert json.loads(invoke("--store", store, "check", "--json").output)["ok"]
+    assert json.loads(invoke("--store", store, "check", "--json").stdout)["ok"]
 
 
 def test_a_corrupt_chunk_and_a_deleted_index_file_are_found_and_repaired(built, tmp_path):
@@ -235,7 +235,7 @@ def test_weights_selects_among_arrays_that_differ_only_in_weights(built, tmp_pat
     assert "--weights random:1" in message and "--weights imagenet" in message
     result = invoke("--store", store, "neighbors", "id:0", *ARRAY, "--weights", "imagenet", "-k", 2, "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)[0]["id"] == 0
+    assert json.loads(result.stdout)[0]["id"] == 0
     with pytest.raises(actdb.ActdbError) as error:
         actdb.open(store).activations("tiny", "conv2")
     assert "--" not in str(error.value) and "weights='random:1'" in str(error.value)
@@ -268,7 +268,7 @@ def unlabelled(tmp_path_factory, tiny_model_path):
 def test_index_and_neighbors_work_without_labels(unlabelled):
     assert invoke("--store", unlabelled, "index", *ARRAY).exit_code == 0
     result = invoke("--store", unlabelled, "neighbors", "id:2", *ARRAY, "-k", 1, "--json")
-    assert json.loads(result.output)[0]["id"] == 2
+    assert json.loads(result.stdout)[0]["id"] == 2
     one_line_error(invoke("--store", unlabelled, "classes", "id:2", *ARRAY), "no classes")
 
 
@@ -277,7 +277,7 @@ def test_classes_leave_a_stored_query_out_of_its_class(built, by):
     db = actdb.open(built["store"])
     ids, vectors = db.activations("tiny", "conv2", return_ids=True)
     labels = db.images().set_index("id").label.loc[ids].to_numpy()
-    frame = db.classes("id:4", "tiny", "conv2", by=by)
+    frame = db.classes("id:4", model="tiny", layer="conv2", by=by)
     got = dict(zip(frame["class"], frame.distance))
     others = ids != 4
     for label in set(labels):
@@ -296,7 +296,7 @@ def test_an_ingest_where_every_file_fails_exits_nonzero(tmp_path, tiny_model_pat
 
 
 def test_info_counts_stored_rows_and_failures_apart(built):
-    summary = json.loads(invoke("--store", built["store"], "info", "--json").output)
+    summary = json.loads(invoke("--store", built["store"], "info", "--json").stdout)
     assert summary["images"] == 18 and summary["failed_images"] == 1
     assert {c["label"]: c["images"] for c in summary["top_classes"]}["tench"] == 6
     run = summary["runs"][-1]
@@ -330,9 +330,9 @@ def test_corrupt_image_query_and_predict_id(built, tmp_path):
     assert "{{" not in message and "corrupt" in message
     result = invoke("--store", built["store"], "predict", "id:3", "--models", built["model"], "--top", 2, "--json")
     assert result.exit_code == 0, result.output
-    by_id = json.loads(result.output)
+    by_id = json.loads(result.stdout)
     path = actdb.open(built["store"]).sql("SELECT path FROM images WHERE id = 3").path[0]
-    by_file = json.loads(invoke("predict", path, "--models", built["model"], "--top", 2, "--json").output)
+    by_file = json.loads(invoke("predict", path, "--models", built["model"], "--top", 2, "--json").stdout)
     assert [r["query"] for r in by_id] == ["id:3"] * 2
     assert [{**r, "query": 0} for r in by_id] == [{**r, "query": 0} for r in by_file]
     one_line_error(invoke("predict", "id:3", "--models", built["model"]), "store")
@@ -353,7 +353,7 @@ def test_missing_store_message_names_a_working_command(tmp_path):
 
 def test_models_json_and_ingest_default_model_works_offline():
     result = invoke("models", "--json")
-    assert "efficientnet_lite0" in {m["name"] for m in json.loads(result.output)}
+    assert "efficientnet_lite0" in {m["name"] for m in json.loads(result.stdout)}
     from actdb.ingest.run import IngestOptions
     from actdb.models import load_model
 
@@ -368,17 +368,17 @@ def test_models_json_and_ingest_default_model_works_offline():
 def test_api_vectors_strings_and_unknown_classes(built):
     with actdb.open(built["store"]) as db:
         ids, vectors = db.activations("tiny", "conv2", return_ids=True)
-        frame = db.neighbors(vectors[[5, 7]], "tiny", "conv2", k=1)
+        frame = db.neighbors(vectors[[5, 7]], model="tiny", layer="conv2", k=1)
         assert frame.id.tolist() == ids[[5, 7]].tolist()  # ids skip the image that failed
-        assert db.neighbors(vectors[5], "tiny", "conv2", k=1).id.tolist() == [5]
-        assert db.classes(vectors[5], "tiny", "conv2").shape[0] == 3
+        assert db.neighbors(vectors[5], model="tiny", layer="conv2", k=1).id.tolist() == [5]
+        assert db.classes(vectors[5], model="tiny", layer="conv2").shape[0] == 3
         tench = db.activations("tiny", "conv2", classes="tench")
         assert len(tench) == 6
         with pytest.raises(actdb.ActdbError, match="espresso"):
             db.activations("tiny", "conv2", classes="espresso")
-        with pytest.raises(actdb.ActdbError, match=r"run db\.build_index\('tiny', 'conv2', metric='cosine'\)"):
-            db.neighbors("id:0", "tiny", "conv2", metric="cosine")
-        report = db.build_index("tiny", "conv2", recall=0.9)
+        with pytest.raises(actdb.ActdbError, match=r"run db\.index\(model='tiny', layer='conv2', metric='cosine'\)"):
+            db.neighbors("id:0", model="tiny", layer="conv2", metric="cosine")
+        report = db.index(model="tiny", layer="conv2", recall=0.9)
         assert report["action"] == "up to date"
 
 

@@ -19,7 +19,7 @@ def ingest_args(store, source, model, *extra):
 
 
 def direct_forward(model_path, paths, layer, reduce):
-    """The seeds' method: load, preprocess, cut the model at the layer, average over H and W."""
+    """The notebooks' method: load, preprocess, cut the model at the layer, average over H and W."""
     import keras
 
     model = keras.models.load_model(model_path)
@@ -144,9 +144,9 @@ def test_float16_storage_reports_overflow_instead_of_storing_inf(tmp_path, tiny_
                      "conv1", "--dtype", "float16", "--quiet")
     assert result.exit_code == 0, result.output
     db = actdb.open(store)
-    assert db.arrays().set_index("layer").loc["conv1", "rows_done"] == 0
+    assert {a.layer: a.rows_done for a in db.arrays()}["conv1"] == 0
     assert db.errors().reason.str.startswith("float16 overflow in conv1").sum() == 3
-    raw = zarr.open_array(str(store / "activations.zarr" / db.arrays().zarr_path[0]), mode="r")[:]
+    raw = zarr.open_array(str(store / "activations.zarr" / db.arrays()[0].zarr_path), mode="r")[:]
     assert not np.isinf(raw).any()
 
 
@@ -212,7 +212,7 @@ def test_info_reports_what_is_stored(tmp_path, imagenet_tree, tiny_model_path, r
 
     store = tmp_path / "store"
     assert run_cli(*ingest_args(store, imagenet_tree, tiny_model_path)).exit_code == 0
-    info = json.loads(run_cli("--store", store, "info", "--json").output)
+    info = json.loads(run_cli("--store", store, "info", "--json").stdout)
     assert info["images"] == 12 and info["classes"] == 3 and info["errors"] == 0
     assert {a["layer"]: a["rows_done"] for a in info["arrays"]} == {"conv1": 12, "conv2": 12, "fc": 12}
     assert {a["layer"]: a["channels"] for a in info["arrays"]} == {"conv1": 8, "conv2": 16, "fc": 12}

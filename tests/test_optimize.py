@@ -1,6 +1,6 @@
 """`actdb optimize`: each method and objective does what it says, images are independent of
-their batch mates, `seed` and `pattern` are the seeds' own loops (re-implemented here from
-seeds 000/002 and 003), and optimized:NAME is a query like any image file."""
+their batch mates, `pixel` and `pattern` are the notebooks' own loops (re-implemented here from
+notebook 000/002 and 003), and optimized:NAME is a query like any image file."""
 from __future__ import annotations
 
 import json
@@ -41,12 +41,12 @@ def _optimize(run_cli, tmp_path, model, *args):
 FACTOR = 3.0  # the final image's target is at least 3x the start image's (1/3 for --negative)
 # ... except `pattern`: 003's deprocess_image rescales every output to std 0.1 around grey, and the
 # loop feeds raw pixels while a PNG is measured through the model's preprocessing: 1.5x
-FACTORS = {"fft": FACTOR, "seed": FACTOR, "pattern": 1.5}
+FACTORS = {"fft": FACTOR, "pixel": FACTOR, "pattern": 1.5}
 
 
 @pytest.mark.parametrize("method, objective, extra", [
     ("fft", "channel", []), ("fft", "neuron", []), ("pattern", "channel", []),
-    ("seed", "channel", ["--preprocess", "tf"]),  # caffe clips the optimized tensor to [-1, 1] of 0..255: see README
+    ("pixel", "channel", ["--preprocess", "tf"]),  # caffe clips the optimized tensor to [-1, 1] of 0..255: see README
 ])
 def test_methods_and_objectives_raise_the_target(run_cli, tmp_path, tiny_model_path, method, objective, extra):
     out, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "1,5", "--method", method,
@@ -115,10 +115,10 @@ def test_diversity_penalty_is_lucids_gram_similarity():
         assert got[i] == pytest.approx(sum(grams[i] @ grams[j] for j in group if j != i) / 3, rel=1e-5)
 
 
-# -- the seeds' loops, re-implemented here from their text
+# -- the notebooks' loops, re-implemented here from their text
 
 def _seeds_000_loop(model_path, layer, target_index, seed, steps, step_size, size):
-    """Seeds 000/002's `gradient_ascent` and its start and output, as written there."""
+    """Notebooks 000/002's `gradient_ascent` and its start and output, as written there."""
     import keras
     import tensorflow as tf
 
@@ -148,7 +148,7 @@ def _seeds_000_loop(model_path, layer, target_index, seed, steps, step_size, siz
 
 
 def _seed_003_generate_pattern(model_path, layer_name, filter_index, seed, size):
-    """Seed 003's `generate_pattern` and `deprocess_image` (K.gradients written as a GradientTape)."""
+    """Notebook 003's `generate_pattern` and `deprocess_image` (K.gradients written as a GradientTape)."""
     import keras
     import tensorflow as tf
 
@@ -180,7 +180,7 @@ def _seed_003_generate_pattern(model_path, layer_name, filter_index, seed, size)
 
 
 def test_seed_method_is_the_seeds_loop(run_cli, tmp_path, tiny_model_path):
-    out, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "1,5", "--method", "seed",
+    out, rows = _optimize(run_cli, tmp_path, tiny_model_path, "--layer", "conv2", "--units", "1,5", "--method", "pixel",
                           "--seed", 7, "--steps", 20)
     for row in rows:
         expected = _seeds_000_loop(tiny_model_path, "conv2", row["unit"], 7, 20, 0.1, TINY_SIZE)
@@ -241,7 +241,7 @@ def test_optimized_name_is_queried_like_its_png_ingested_as_a_file(store, run_cl
     file_id = int(db.sql("SELECT id FROM images WHERE path LIKE '%u5.png'").id[0])
     for layer in ("conv1", "conv2", "fc"):
         stored = db.activations("tiny", layer, ids=[file_id])[0]
-        queried = resolve(db, db.find_array("tiny", layer), ["optimized:tiny.conv2.u5.fft.s0"]).vectors[0]
+        queried = resolve(db, db.array("tiny", layer), ["optimized:tiny.conv2.u5.fft.s0"]).vectors[0]
         np.testing.assert_allclose(queried, stored, rtol=1e-5, atol=1e-6)
     run_cli("--store", store, "index", "--model", "tiny", "--layer", "conv2")
     rows = json.loads(run_cli("--store", store, "neighbors", "optimized:tiny.conv2.u5.fft.s0", "--model", "tiny",
@@ -258,7 +258,7 @@ def test_predict_takes_an_optimized_image(store, run_cli, tiny_model_path):
     result = run_cli("--store", store, "predict", "optimized:p", "--models", "efficientnet_lite0", "--top", 1, "--json")
     assert result.exit_code == 0, result.output
     direct = run_cli("predict", store / "optimized" / "p.png", "--models", "efficientnet_lite0", "--top", 1, "--json")
-    assert json.loads(result.output)[0]["class_index"] == json.loads(direct.output)[0]["class_index"]
+    assert json.loads(result.stdout)[0]["class_index"] == json.loads(direct.stdout)[0]["class_index"]
 
 
 def test_same_name_reuses_and_other_parameters_are_refused(store, run_cli, tiny_model_path):
@@ -303,11 +303,11 @@ def headless_model_path(tmp_path_factory):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--layer", "conv2", "--units", "16"], "unit 16 is outside tiny/conv2, which has 16 channels: use 0-15"),
+    (["--layer", "conv2", "--units", "16"], "--units 16: unit 16 is out of range: tiny/conv2 has channels 0..15"),
     (["--layer", "conv9", "--units", "1"], "unknown layer 'conv9' in tiny; valid layers: conv1, pool1, conv2"),
     (["--objective", "logit", "--class", "sea_kumquat"], "unknown ImageNet class 'sea_kumquat'"),
     (["--layer", "conv2", "--units", "1", "--steps", "0"], "--steps 0: take at least 1 step"),
-    (["--layer", "conv2", "--units", "1", "--method", "seed", "--size", "64"], "which takes 32 x 32 only"),
+    (["--layer", "conv2", "--units", "1", "--method", "pixel", "--size", "64"], "which takes 32 x 32 only"),
     (["--layer", "conv2", "--units", "1-x"], "is not a unit number or a range"),
     (["--layer", "conv2", "--units", "1", "--diversity", "2", "--method", "pattern"], "--diversity needs --method fft"),
     (["--layer", "conv2", "--units", "1", "--snapshots", "9", "--steps", "4"], "steps must lie in 1..4"),

@@ -27,7 +27,7 @@ def test_predict_names_the_real_class_of_real_photos(photo_files, run_cli, monke
     assert result.exit_code == 0, result.output
     # vgg19's weights cannot be had offline: it says so in one line, and efficientnet still answers
     lines = result.output.strip().splitlines()
-    assert lines[0].startswith("vgg19: unavailable: ImageNet weights for vgg19 are not cached")
+    assert lines[0].startswith("warning: vgg19: unavailable: ImageNet weights for vgg19 are not cached")
     rows = json.loads(lines[-1])
     assert {r["model"] for r in rows} == {"efficientnet_lite0"} and len(rows) == 6
     top1 = {r["query"].rsplit("/", 1)[1]: r["name"] for r in rows if r["rank"] == 1}
@@ -45,12 +45,12 @@ def test_predict_agrees_with_a_direct_forward_pass(photo_files):
     from actdb.models import load
     from actdb.predict import predict
 
-    rows, _ = predict([str(photo_files["rocket"])], ["efficientnet_lite0"], top=5)
+    rows = predict([str(photo_files["rocket"])], models=["efficientnet_lite0"], top=5)
     model = load("efficientnet_lite0").keras_model
     pixels = pixels_of_file(str(photo_files["rocket"]), 224, "center-crop")
     probs = model(tf.constant((pixels[None] - 127.0) / 128.0), training=False).numpy()[0]
-    np.testing.assert_array_equal([r.class_index for r in rows], np.argsort(-probs)[:5])
-    np.testing.assert_allclose([r.probability for r in rows], np.sort(probs)[::-1][:5], rtol=1e-5)
+    np.testing.assert_array_equal(rows.class_index, np.argsort(-probs)[:5])
+    np.testing.assert_allclose(rows.probability, np.sort(probs)[::-1][:5], rtol=1e-5)
 
 
 def test_predict_bad_query_is_one_line(run_cli, tmp_path):
@@ -73,7 +73,7 @@ def test_demo_runs_end_to_end(tmp_path, run_cli):
             assert png.format == "PNG" and png.size[0] >= 600
     assert "block2b_add on " in result.output and "images noise:12: 12" in result.output
     story = result.output.split("== actdb optimize")[1]
-    logit_row = next(line for line in story.splitlines() if "optimized:logits.u329" in line)
+    logit_row = next(line for line in story.splitlines() if "optimized:efficientnet_lite0.logits.u329" in line)
     assert logit_row.split()[4] == "sea_cucumber"  # EfficientNet-Lite0's top-1 for its own sea_cucumber logit image
     assert (tmp_path / "demo" / "plots" / "optimized.png").is_file()
     plots = tmp_path / "demo" / "plots"

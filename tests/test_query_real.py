@@ -20,7 +20,7 @@ def real_store(tmp_path_factory):
     ingest(root / "store", root / "stored",
            IngestOptions(model="efficientnet_lite0", layers=f"block6a_project_bn,{LAYER}"), progress=False)
     db = actdb.open(root / "store")
-    db.build_index("efficientnet_lite0", LAYER)
+    db.index(model="efficientnet_lite0", layer=LAYER)
     held_out = [p for p in write_augmented_views(root / "held-out", views_per_photo=5, seed=1)
                 if not p.stem.endswith("_000")]  # view 0 is the unaugmented photo, already stored
     return db, held_out
@@ -29,7 +29,7 @@ def real_store(tmp_path_factory):
 def test_held_out_views_rank_their_photo_class_first_by_centroid(real_store):
     db, held_out = real_store
     wnid_of_label = db.images().drop_duplicates("label").set_index("label").wnid
-    ranked = db.classes([str(p) for p in held_out], "efficientnet_lite0", LAYER, by="centroid", top=1)
+    ranked = db.classes([str(p) for p in held_out], model="efficientnet_lite0", layer=LAYER, by="centroid", top=1)
     right = sum(wnid_of_label[row["class"]] == row["query"].split("/")[-2] for _, row in ranked.iterrows())
     share = right / len(held_out)
     print(f"held-out views whose own class is nearest by centroid: {right}/{len(held_out)} = {share:.2f}")
@@ -39,7 +39,7 @@ def test_held_out_views_rank_their_photo_class_first_by_centroid(real_store):
 def test_knn_agrees_on_most_views(real_store):
     db, held_out = real_store
     wnid_of_label = db.images().drop_duplicates("label").set_index("label").wnid
-    ranked = db.classes([str(p) for p in held_out], "efficientnet_lite0", LAYER, by="knn", k=5, top=1)
+    ranked = db.classes([str(p) for p in held_out], model="efficientnet_lite0", layer=LAYER, by="knn", k=5, top=1)
     right = sum(wnid_of_label[row["class"]] == row["query"].split("/")[-2] for _, row in ranked.iterrows())
     print(f"held-out views whose own class leads the 5 nearest images: {right}/{len(held_out)}")
     assert right / len(held_out) >= 0.8

@@ -42,7 +42,7 @@ def test_neighbors_equal_brute_force(store, run_cli, metric, scipy_metric):
     db, ids, vectors = stored(store)
     result = run_cli("--store", store, "neighbors", "id:3", "id:17", *ARRAY, "--metric", metric, "-k", 6, "--json")
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     for query in (3, 17):
         distances = cdist(vectors[ids == query], vectors, scipy_metric)[0]
         order = np.lexsort((ids, distances))[:6]
@@ -55,7 +55,7 @@ def test_a_stored_file_finds_itself_at_distance_zero(store, run_cli):
     db, ids, vectors = stored(store)
     path = db.images().set_index("id").loc[9, "path"]
     result = run_cli("--store", store, "neighbors", path, *ARRAY, "-k", 2, "--json")
-    first = json.loads(result.output)[0]
+    first = json.loads(result.stdout)[0]
     assert first["id"] == 9 and first["distance"] < 1e-4 and first["path"] == path
 
 
@@ -64,7 +64,7 @@ def test_file_query_vector_equals_the_ingested_row(store):
 
     db, ids, vectors = stored(store)
     paths = db.images().set_index("id").loc[[2, 20], "path"].tolist()
-    resolved = resolve(db, db.find_array("tiny", "conv2"), paths)
+    resolved = resolve(db, db.array("tiny", "conv2"), paths)
     np.testing.assert_allclose(resolved.vectors, vectors[[2, 20]], rtol=1e-6, atol=1e-6)
     assert resolved.image_ids == [2, 20]
 
@@ -73,7 +73,7 @@ def test_where_filters_and_always_returns_k_rows(store, run_cli):
     db, ids, vectors = stored(store)
     result = run_cli("--store", store, "neighbors", "id:0", *ARRAY, "-k", 5, "--where",
                      "label IN ('tench', 'groenendael')", "--json")
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     labels = db.images().set_index("id").label
     allowed = ids[labels.loc[ids].isin(["tench", "groenendael"]).to_numpy()]
     distances = cdist(vectors[ids == 0], vectors[np.isin(ids, allowed)])[0]
@@ -92,12 +92,12 @@ def test_classes_by_centroid_and_members_equal_numpy(store, run_cli):
     labels = db.images().set_index("id").label.loc[ids].to_numpy()
     query = vectors[ids == 11]
     result = run_cli("--store", store, "classes", "id:11", *ARRAY, "--json")
-    got = {r["class"]: r["distance"] for r in json.loads(result.output)}
+    got = {r["class"]: r["distance"] for r in json.loads(result.stdout)}
     for label in set(labels):  # the query image is left out of its own class's mean too
         centroid = vectors[(labels == label) & (ids != 11)].mean(axis=0, dtype=np.float64)
         assert got[label] == pytest.approx(float(np.linalg.norm(query[0] - centroid)), rel=1e-5)
     result = run_cli("--store", store, "classes", "id:11", *ARRAY, "--by", "median", "--json")
-    got = {r["class"]: r for r in json.loads(result.output)}
+    got = {r["class"]: r for r in json.loads(result.stdout)}
     others = ids != 11  # the query image itself is left out of its class's statistics
     distances = cdist(query, vectors)[0]
     for label in set(labels):
@@ -109,7 +109,7 @@ def test_classes_by_centroid_and_members_equal_numpy(store, run_cli):
 
 def test_class_option_keeps_that_class_whatever_its_rank(store, run_cli):
     result = run_cli("--store", store, "classes", "id:0", *ARRAY, "--top", 1, "--class", "n01440764", "--json")
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [r["rank"] for r in rows][0] == 1 and "tench" in {r["class"] for r in rows}
 
 
@@ -137,7 +137,7 @@ def test_bad_queries_are_one_line(store, run_cli, args, message):
 def test_npy_vector_query(store, run_cli, tmp_path):
     db, ids, vectors = stored(store)
     np.save(tmp_path / "v.npy", vectors[ids == 4][0])
-    rows = json.loads(run_cli("--store", store, "neighbors", tmp_path / "v.npy", *ARRAY, "-k", 1, "--json").output)
+    rows = json.loads(run_cli("--store", store, "neighbors", tmp_path / "v.npy", *ARRAY, "-k", 1, "--json").stdout)
     assert rows[0]["id"] == 4 and rows[0]["distance"] == pytest.approx(0, abs=1e-6)
     np.save(tmp_path / "wrong.npy", np.zeros(3))
     result = run_cli("--store", store, "neighbors", tmp_path / "wrong.npy", *ARRAY)
@@ -163,13 +163,13 @@ def test_stale_index_warns_and_index_adds_only_new_rows(tmp_path, tiny_model_pat
     stale = run_cli("--store", tmp_path / "s", "neighbors", "id:9", "-k", 3)
     assert "the index and class centroids are behind: 1 rows" in stale.output
     updated = run_cli("--store", tmp_path / "s", "index", "--json")
-    report = json.loads(updated.output)
+    report = json.loads(updated.stdout)
     assert report["action"] == "updated" and report["added"] == 1 and report["n_rows"] == 10
-    fresh = json.loads(run_cli("--store", tmp_path / "s", "neighbors", "id:9", "-k", 1, "--json").output)
+    fresh = json.loads(run_cli("--store", tmp_path / "s", "neighbors", "id:9", "-k", 1, "--json").stdout)
     assert fresh[0]["id"] == 9
     centroids = actdb.open(tmp_path / "s").sql("SELECT sum(members) AS n FROM class_centroids")
     assert centroids.n[0] == 10
-    rebuilt = json.loads(run_cli("--store", tmp_path / "s", "index", "--rebuild", "--json").output)
+    rebuilt = json.loads(run_cli("--store", tmp_path / "s", "index", "--rebuild", "--json").stdout)
     assert rebuilt["action"] == "built" and rebuilt["n_rows"] == 10
 
 
@@ -179,12 +179,12 @@ def test_an_approximate_index_reports_recall_that_brute_force_confirms(tmp_path)
 
     store = synthetic_store(tmp_path, n_classes=30, per_class=60, dim=32)
     db = actdb.open(store)
-    report = db.build_index("synthetic", "layer", kind="ivf", recall=0.9)
+    report = db.index(model="synthetic", layer="layer", kind="ivf", recall=0.9)
     assert report["kind"] == "ivf" and report["n_rows"] == 1800 and report["recall_at_10"] >= 0.9
     assert db.sql("SELECT kind, recall_at_10 FROM indexes").iloc[0].tolist() == ["ivf", report["recall_at_10"]]
     ids, vectors = db.activations("synthetic", "layer", return_ids=True)
     queries = ids[::45]
-    found = db.neighbors([f"id:{i}" for i in queries], "synthetic", "layer", k=11)
+    found = db.neighbors([f"id:{i}" for i in queries], model="synthetic", layer="layer", k=11)
     truth = np.argsort(cdist(vectors[queries], vectors), axis=1)[:, :11]
     hits = [len(set(found[found["query"] == f"id:{q}"].id) & set(ids[t])) / 11 for q, t in zip(queries, truth)]
     assert np.mean(hits) >= report["recall_at_10"] - 0.1

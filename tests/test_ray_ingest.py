@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 import actdb
 from actdb.cli import cli
-from actdb.ingest.engines.ray import DIE_ONCE_ENV
+from actdb.ingest.engines.ray import RayEngine, ShardWorker
 from actdb.store.locks import writer_lock
 from conftest import make_imagenet_tree
 
@@ -98,10 +98,25 @@ def assert_same_store(store, reference):
     assert counts.tolist() == [2 * N_IMAGES, 2 * N_IMAGES]
 
 
+def worker_that_dies_once(marker: str):
+    """A test-only actor: the first to finish a shard's writes dies before the driver hears of
+    them. Defined in a function, so Ray ships the class itself to its workers."""
+
+    class DiesOnce(ShardWorker):
+        def _shard(self, *args):
+            result = super()._shard(*args)
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+            return result
+
+    return DiesOnce
+
+
 def test_ray_engine_writes_the_local_engines_store_even_when_a_worker_dies(
         local_ray, tmp_path, dataset, wide_model, local_store, monkeypatch):
     marker = tmp_path / "worker-died"
-    monkeypatch.setenv(DIE_ONCE_ENV, str(marker))  # the first worker to finish a shard's writes dies
+    monkeypatch.setattr(RayEngine, "worker_class", worker_that_dies_once(str(marker)))
     store = tmp_path / "store"
     result = invoke(*ingest_args(store, dataset, wide_model, "--engine", "ray", "--workers", 2, "--json"))
     assert result.exit_code == 0, result.output

@@ -10,13 +10,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..choices import COMPARE_METHODS, check_choice
+from ..distance import prepare
 from ..errors import ActdbError
+from ..moments import class_means
+from ..results import Result
+from ..store.stored_array import StoredArray
 
-METHODS = ("cka", "cka-debiased", "rsa")
+METHODS = COMPARE_METHODS
 
 
 @dataclass
-class Comparison:
+class Comparison(Result):
     method: str
     names: list[str]  # one per array: model/layer
     matrix: pd.DataFrame  # names x names similarity
@@ -58,8 +63,7 @@ def _debiased_hsic(dot: float, rows_x: np.ndarray, rows_y: np.ndarray, n: int) -
 
 def correlation_rdm(centroids: np.ndarray) -> np.ndarray:
     """Condensed (upper-triangle, row-major) 1 - Pearson r between every pair of rows."""
-    z = centroids.astype(np.float64) - centroids.mean(axis=1, keepdims=True, dtype=np.float64)
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    z = prepare(centroids, "correlation", np.float64)
     return 1.0 - (z @ z.T)[np.triu_indices(len(z), 1)]
 
 
@@ -82,29 +86,19 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 def rsa(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> float:
     """Spearman correlation of the correlation-distance RDMs of the class centroids."""
-    return spearman(correlation_rdm(class_centroids(x, labels)), correlation_rdm(class_centroids(y, labels)))
+    return spearman(correlation_rdm(class_means(x, labels)[1]), correlation_rdm(class_means(y, labels)[1]))
 
 
-def class_centroids(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    classes, inverse = np.unique(labels, return_inverse=True)
-    sums = np.zeros((len(classes), values.shape[1]))
-    np.add.at(sums, inverse, values)
-    return sums / np.bincount(inverse)[:, None]
-
-
-def compare(db, arrays: list[tuple[str, str]], method: str = "cka", where: str | None = None,
-            max_images: int = 5000, seed: int = 0, reduce: str = "mean",
-            weights: str | None = None) -> Comparison:
-    """Similarity of every pair of stored (model, layer) arrays on the images all of them hold."""
-    if method not in METHODS:
-        raise ActdbError(f"--method {method!r}: use one of {', '.join(METHODS)}")
-    arrays = list(dict.fromkeys(arrays))
-    if len(arrays) < 2:
+def compare(db, found: list[StoredArray], *, method: str = "cka", where: str | None = None,
+            max_images: int = 5000, seed: int = 0) -> Comparison:
+    """Similarity of every pair of stored arrays on the images all of them hold."""
+    check_choice("method", method, METHODS)
+    found = list(dict.fromkeys(found))
+    if len(found) < 2:
         raise ActdbError("compare needs at least two different arrays: --layers a,b or --models m1,m2")
-    found = [db.find_array(model, layer, reduce, weights) for model, layer in arrays]
     ids, labels = _common_rows(db, found, where, max_images, seed)
-    values = [db.activations(a.model, a.layer, reduce, ids=ids, weights=a.weights) for a in found]
-    names = [f"{a.model}/{a.layer}" for a in found]
+    values = [db.rows(a, ids) for a in found]
+    names = [a.name for a in found]
     if method == "rsa":
         kept = pd.notna(labels)
         labels = labels[kept].astype(str)
@@ -125,10 +119,10 @@ def compare(db, arrays: list[tuple[str, str]], method: str = "cka", where: str |
     return Comparison(method, names, matrix, len(ids), classes if method == "rsa" else None)
 
 
-def _common_rows(db, found: list[pd.Series], where: str | None, max_images: int, seed: int):
+def _common_rows(db, found: list[StoredArray], where: str | None, max_images: int, seed: int):
     """Image ids (sorted) done in every array and matching `where`, a seeded sample of at most
     `max_images`; and their labels."""
-    array_ids = ", ".join(str(int(a.array_id)) for a in found)
+    array_ids = ", ".join(str(a.id) for a in found)
     condition = f"AND ({where})" if where else ""
     frame = db.sql(
         f"SELECT i.id, i.label FROM images i WHERE i.id IN (SELECT image_id FROM done WHERE array_id IN ({array_ids}) "

@@ -1,4 +1,4 @@
-"""Differentiation across layers (seed 004): how different a set of images looks to each layer.
+"""Differentiation across layers (notebook 004): how different a set of images looks to each layer.
 
 Per layer, n units (positions in the full H x W x C map) are sampled once from the seed and
 the layer name, and the same units are read for every image of every set (004's bug was
@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ActdbError
+from ..results import Result
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
@@ -36,7 +37,7 @@ class ImageSet:
 
 
 @dataclass
-class Differentiation:
+class Differentiation(Result):
     model: str
     frame: pd.DataFrame  # set, depth, layer, units, differentiation[, normalized], images, listed, pairs, constant
     units: dict[str, np.ndarray]  # layer -> sampled flat indices into its (H, W, C) or (C,) output
@@ -188,7 +189,7 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="image", desc="differentiation", disable=not enabled, leave=False)
 
 
-def differentiation_of(sets: list[str], model: str, weights: str = "imagenet", layers: str = "all",
+def differentiation_of(sets: list[str], *, model: str, weights: str = "imagenet", layers: str = "all",
                        units: int = 200, normalize_by: str | None = None, max_images: int = 200, seed: int = 0,
                        batch_size: int = 16, resize: str = "center-crop", preprocess: str | None = None,
                        db=None, progress: bool = False) -> Differentiation:

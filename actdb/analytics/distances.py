@@ -1,6 +1,6 @@
 """`actdb distances`: distributions of distances between stored images, and from queries to
-classes, as in the seeds' sea_cucumber analysis (000/001), on the stored per-channel
-reductions (512-d means for VGG19 block5_conv4, what the seeds' text describes) or, with
+classes, as in the notebooks' sea_cucumber analysis (000/001), on the stored per-channel
+reductions (512-d means for VGG19 block5_conv4, what the notebooks' text describes) or, with
 `reduce="flat"`, on whole feature maps computed on the fly (what their code computed).
 
 Pair groups over the selected images: same class, different class, and random pairs
@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..distance import check_metric, paired_distances, pairwise_distances
+from ..distance import check_metric, check_query_directions, paired_distances, pairwise_distances, prepare
 from ..errors import ActdbError
 from ..resolve import file_vectors, image_file, resolve
+from ..results import Result
+from ..store.stored_array import StoredArray
 from . import selection
 
-FLAT = "flat"
 GROUPS = ("same class", "different class", "random pairs")
 RANDOM_MIX = "random mix"
 STATISTICS = ("n", "mean", "median", "std", "min", "p5", "p95", "max")
@@ -28,27 +29,19 @@ PAIR_BATCH_VALUES = 1 << 22  # float64 values per pair batch (32 MB a side)
 
 
 @dataclass
-class DistanceReport:
+class DistanceReport(Result):
     pairs: pd.DataFrame  # one row per group: STATISTICS
     queries: pd.DataFrame  # per query and target class: STATISTICS, percentile, rank
     pair_samples: dict[str, np.ndarray]  # group -> distances (for plots)
     query_samples: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (query, target) -> distances
     title: str = ""
-    drawn_targets: list[str] = field(default_factory=list)  # the named classes and the random mix (as the seeds drew)
+    drawn_targets: list[str] = field(default_factory=list)  # the named classes and the random mix (as the notebooks drew)
     selection: selection.Selection | None = None  # the images compared (finite rows only)
 
 
 def prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
-    """float64 rows such that the metric is Euclidean distance (l2) or 1 - dot product."""
-    rows = np.asarray(vectors, dtype=np.float64)
-    if metric == "l2":
-        return rows
-    if metric == "correlation":
-        rows = rows - rows.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ActdbError(f"a vector has no {metric} direction (all zeros or constant); use --metric l2")
-    return rows / norms
+    """float64 rows for `metric` (`distance.prepare`: a row with no direction is at distance 1)."""
+    return prepare(vectors, metric, np.float64)
 
 
 def paired(rows: np.ndarray, first: np.ndarray, second: np.ndarray, metric: str) -> np.ndarray:
@@ -164,14 +157,14 @@ def within_class_distances(rows: np.ndarray, chosen: selection.Selection, metric
     return result
 
 
-def distances(db, model: str | None, layer: str | None, reduce: str = "mean", queries: list[str] | None = None,
-              classes: list[str] | None = None, random_classes: int = 10, per_class: int | None = 100,
-              pairs: int | str = 5000, metric: str = "l2", seed: int = 0, max_images: int = 2000,
-              weights: str | None = None, progress: bool = False) -> DistanceReport:
-    """Pair distributions of a seeded selection and, with `queries`, query-to-class distances."""
+def distances(db, array: StoredArray, *, queries: list | None = None, classes: str | list[str] | None = None,
+              random_classes: int = 10, per_class: int | None = 100, pairs: int | str = 5000, metric: str = "l2",
+              seed: int = 0, max_images: int = 2000, flat: bool = False, progress: bool = False) -> DistanceReport:
+    """Pair distributions of a seeded selection and, with `queries`, query-to-class distances.
+
+    `flat`: whole feature maps of the selected images, computed through `array`'s model
+    and settings, instead of its stored reduced rows."""
     check_metric(metric)
-    flat = reduce == FLAT
-    array = _array_for(db, model, layer, reduce, weights)
     chosen = selection.sample(db, array, classes, random_classes, per_class, seed)
     resolved = _query_vectors(db, array, queries, flat) if queries else None  # a bad query fails before the work
     if flat:
@@ -181,7 +174,7 @@ def distances(db, model: str | None, layer: str | None, reduce: str = "mean", qu
         paths = selection.image_info(db, chosen.ids).set_index("id").path.loc[chosen.ids].tolist()
         vectors = file_vectors(db, array, paths, reduce=_full_maps(), progress=progress)
     else:
-        vectors = selection.read_vectors(db, array, chosen.ids)
+        vectors = db.rows(array, chosen.ids)
     finite = selection.finite_rows(vectors)
     chosen = selection.Selection(chosen.ids[finite], chosen.labels[finite], chosen.named, chosen.random)
     rows = prepared(vectors[finite], metric)
@@ -193,7 +186,9 @@ def distances(db, model: str | None, layer: str | None, reduce: str = "mean", qu
                             drawn_targets=chosen.named + ([RANDOM_MIX] if chosen.random else []), selection=chosen)
     if resolved:
         texts, vectors, ids = resolved
-        report.queries, report.query_samples = query_table(prepared(vectors, metric), texts, ids, chosen, rows,
+        queries_prepared = prepared(vectors, metric)
+        check_query_directions(queries_prepared, metric)
+        report.queries, report.query_samples = query_table(queries_prepared, texts, ids, chosen, rows,
                                                            within_class_distances(rows, chosen, metric), metric)
     return report
 
@@ -208,16 +203,6 @@ def _full_maps() -> str:
     return FULL_MAPS
 
 
-def _array_for(db, model, layer, reduce, weights) -> pd.Series:
-    """The stored array; for flat maps, any reduction of the layer (it names the model and settings)."""
-    if reduce != FLAT:
-        return db.find_array(model, layer, reduce, weights)
-    try:
-        return db.find_array(model, layer, "mean", weights)
-    except ActdbError:
-        return db.find_array(model, layer, "max", weights)
-
-
 def _stored_id(db, path: str) -> int | None:
     stored = db.sql("SELECT id FROM images WHERE path = ?", [str(Path(path).resolve())])
     return None if stored.empty else int(stored.id[0])
@@ -227,7 +212,7 @@ def _query_vectors(db, array, queries: list[str], flat: bool) -> tuple[list[str]
     if not flat:
         resolved = resolve(db, array, queries)
         return resolved.texts, resolved.vectors, resolved.image_ids
-    if any(text.endswith(".npy") for text in queries):
+    if any(not isinstance(text, str) or text.endswith(".npy") for text in queries):
         raise ActdbError("--reduce flat computes feature maps from images: query with an image file, id:N or "
                          "optimized:NAME, not a .npy vector")
     paths = [image_file(text, db) for text in queries]

@@ -1,4 +1,4 @@
-"""A layer's feature maps for one image (seed 003's `show_layer`), as data.
+"""A layer's feature maps for one image (Notebook 003's `show_layer`), as data.
 
 The maps come from the same forward pass as ingest (`models.forward.Extractor` with full
 maps); drawing them is `plots.featuremap_grid` / `plots.unit_overlay`.
@@ -12,10 +12,12 @@ import pandas as pd
 
 from ..errors import ActdbError
 from ..resolve import image_file
+from ..results import Result
+from ..units import check_unit, expand_units, parse_units
 
 
 @dataclass
-class FeatureMaps:
+class FeatureMaps(Result):
     model: str
     layer: str
     query: str
@@ -32,25 +34,7 @@ class FeatureMaps:
                              "max": flat.max(axis=0), "max_row": rows, "max_col": cols})
 
 
-def parse_channels(text: str | None, count: int) -> list[int]:
-    """`0-63,70` -> [0..63, 70]; None -> every channel. Out-of-range channels are an error."""
-    if not text:
-        return list(range(count))
-    channels: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        try:
-            span = range(int(first), int(last or first) + 1)
-        except ValueError:
-            raise ActdbError(f"--channels {text!r}: write channel numbers and ranges, e.g. 0-63 or 3,7,10-12") from None
-        channels.extend(span)
-    bad = [c for c in channels if not 0 <= c < count]
-    if bad or not channels:
-        raise ActdbError(f"--channels {text!r}: this layer has channels 0..{count - 1}")
-    return list(dict.fromkeys(channels))
-
-
-def feature_maps(loaded, layer: str, path: str, channels: str | None = None, unit: int | None = None,
+def feature_maps(loaded, layer: str, path: str, channels=None, unit: int | None = None,
                  resize: str = "center-crop") -> FeatureMaps:
     """One image through the model; the layer's full H x W x C maps (or the one map `unit`)."""
     from ..images import pixels_of_file
@@ -62,11 +46,11 @@ def feature_maps(loaded, layer: str, path: str, channels: str | None = None, uni
         raise ActdbError(f"{layer} has output shape {tuple(output.shape)}: feature maps need a spatial layer")
     count = int(output.shape[-1])
     if unit is not None:
-        if not 0 <= unit < count:
-            raise ActdbError(f"--unit {unit} is out of range: {layer} has channels 0..{count - 1}")
-        wanted = [unit]
+        wanted = [check_unit(unit, count, layer)]
+    elif channels is None:
+        wanted = list(range(count))
     else:
-        wanted = parse_channels(channels, count)
+        wanted = expand_units(parse_units(channels, "channels"), count, layer, "channels")
     pixels = pixels_of_file(path, loaded.input_size, resize)
     maps = Extractor(loaded, [layer], FULL_MAPS, batch_size=1)(pixels[None])[layer][0]
     return FeatureMaps(loaded.name, layer, path, pixels, maps[:, :, wanted], wanted)
@@ -82,10 +66,10 @@ def display_values(maps: np.ndarray) -> np.ndarray:
     return np.clip(scaled * 64 + 128, 0, 255).astype(np.uint8)
 
 
-def featuremaps_of(query: str, model: str, layer: str, channels: str | None = None, unit: int | None = None,
-                   weights: str = "imagenet", preprocess: str | None = None, resize: str = "center-crop",
-                   db=None) -> FeatureMaps:
-    """`actdb featuremaps`: resolve the QUERY, load the model, compute the maps."""
+def featuremaps(query: str, *, model: str, layer: str, channels=None, unit: int | None = None,
+                weights: str = "imagenet", preprocess: str | None = None, resize: str = "center-crop",
+                db=None) -> FeatureMaps:
+    """`actdb featuremaps`: resolve the QUERY (`db` for id:N and optimized:NAME), load the model, compute."""
     from ..models import load_model
 
     path = image_file(query, db)

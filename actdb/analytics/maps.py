@@ -1,6 +1,6 @@
 """`actdb map`: stored images (or class centroids) in 2-D by PCA, t-SNE or UMAP, with query
 vectors placed into the same map and returned with it, so the plot can draw them (the
-seeds' t-SNE plot drew two sea_cucumber images instead of the optimized one).
+notebooks' t-SNE plot drew two sea_cucumber images instead of the optimized one).
 
 t-SNE is openTSNE's: FFT-accelerated, and its `transform` places new points into a fitted
 embedding without refitting. Fitted t-SNE and UMAP maps are kept under STORE/maps/, keyed
@@ -19,27 +19,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..choices import MAP_METHODS, check_choice
 from ..errors import ActdbError
+from ..files import atomic_path, checked_output
 from ..resolve import resolve
+from ..results import table
+from ..store.stored_array import StoredArray
 from . import selection
 from .unitstats import unit_stats
 
-METHODS = ("pca", "tsne", "umap")
+METHODS = MAP_METHODS
 MAPS_DIR = "maps"
 TSNE_PERPLEXITY = 30.0
 MAP_FORMAT = 1  # bump when what is pickled changes
 
 
-def map_points(db, model: str | None, layer: str | None, reduce: str = "mean", method: str = "pca",
-               classes: list[str] | None = None, per_class: int | None = 100, centroids: bool = False,
-               highlight: list[str] | None = None, seed: int = 0, weights: str | None = None) -> pd.DataFrame:
+def map_points(db, array: StoredArray, *, method: str = "pca", classes: str | list[str] | None = None,
+               per_class: int | None = 100, centroids: bool = False, highlight: list | None = None,
+               seed: int = 0) -> pd.DataFrame:
     """kind (image | centroid | query), id, label, x, y: the map and the highlighted queries.
 
     Images: the named classes (default: all) with at most `per_class` members each, seeded.
     `centroids`: one point per class, the class mean over all its stored rows."""
-    if method not in METHODS:
-        raise ActdbError(f"unknown --method {method!r}: use one of {', '.join(METHODS)}")
-    array = db.find_array(model, layer, reduce, weights)
+    check_choice("method", method, METHODS)
     points, vectors = (_centroid_points(db, array, classes) if centroids
                        else _image_points(db, array, classes, per_class, seed))
     if len(points) < 3:
@@ -58,15 +60,14 @@ def map_points(db, model: str | None, layer: str | None, reduce: str = "mean", m
         points.attrs["place_seconds"] = time.perf_counter() - started
     result = pd.concat(frames, ignore_index=True)
     result["id"] = result["id"].astype("Int64")
-    result.attrs.update(points.attrs, fit_seconds=fit_seconds, cached=cached,
-                        title=f"{selection.describe(array)}: {_method_title(method)} of "
-                              f"{'class centroids' if centroids else 'stored images'}")
-    return result
+    return table(result, **points.attrs, fit_seconds=fit_seconds, cached=cached,
+                 title=f"{array.describe()}: {_method_title(method)} of "
+                       f"{'class centroids' if centroids else 'stored images'}")
 
 
 def _image_points(db, array, classes, per_class, seed) -> tuple[pd.DataFrame, np.ndarray]:
-    chosen = selection.sample(db, array, classes or selection.stored_labels(db, array), 0, per_class, seed)
-    vectors = selection.read_vectors(db, array, chosen.ids)
+    chosen = selection.sample(db, array, classes or db.labels(array), 0, per_class, seed)
+    vectors = db.rows(array, chosen.ids)
     finite = selection.finite_rows(vectors)
     points = pd.DataFrame({"kind": "image", "id": chosen.ids[finite], "label": chosen.labels[finite]})
     return points, vectors[finite].astype(np.float64)
@@ -76,7 +77,7 @@ def _centroid_points(db, array, classes) -> tuple[pd.DataFrame, np.ndarray]:
     stats = unit_stats(db, array)
     keep = np.ones(len(stats.classes), bool)
     if classes:
-        keep = np.isin(stats.classes, [selection.class_label(db, array, name) for name in classes])
+        keep = np.isin(stats.classes, db.class_labels(classes, array))
     return pd.DataFrame({"kind": "centroid", "id": None, "label": stats.classes[keep]}), stats.class_mean[keep]
 
 
@@ -105,11 +106,11 @@ def _fitted(db, array, method: str, points: pd.DataFrame, vectors: np.ndarray, s
 
 
 def _cache_key(array, method: str, points: pd.DataFrame, seed: int) -> str:
-    identity = {"format": MAP_FORMAT, "array": int(array.array_id), "rows_done": None, "method": method,
+    identity = {"format": MAP_FORMAT, "array": array.id, "rows_done": None, "method": method,
                 "seed": seed, "kind": points.kind.iloc[0], "labels": points.label.tolist(),
                 "ids": [None if pd.isna(i) else int(i) for i in points.id]}
     if points.kind.iloc[0] == "centroid":
-        identity["rows_done"] = int(array.rows_done)  # class means move as rows are added
+        identity["rows_done"] = array.rows_done  # class means move as rows are added
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
 
 
@@ -148,19 +149,15 @@ def _place(method: str, embedding, queries: np.ndarray) -> np.ndarray:
     return embedding.transform(queries)
 
 
-def checked_coordinates_path(path: str | Path) -> Path:
-    """--out must name a .parquet or .csv file (checked before any fitting)."""
-    path = Path(path)
-    if path.suffix not in (".parquet", ".csv"):
-        raise ActdbError(f"--out {path}: write a .parquet or .csv file")
-    return path
+COORDINATE_SUFFIXES = (".parquet", ".csv")
 
 
 def save_coordinates(frame: pd.DataFrame, path: str | Path) -> Path:
     """--out: the map as Parquet or CSV, by the file's suffix."""
-    path = checked_coordinates_path(path)
-    if path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
+    path = checked_output(path, COORDINATE_SUFFIXES, "out")
+    with atomic_path(path) as temporary:
+        if path.suffix == ".parquet":
+            frame.to_parquet(temporary, index=False)
+        else:
+            frame.to_csv(temporary, index=False)
     return path

@@ -1,20 +1,20 @@
 """Figures for the analytics, drawn from the data the analyses return (never recomputing):
-headless matplotlib, labelled axes, a legend, and a title naming model, layer, reduction
-and metric. Analytics I's `*_figure` return the Figure (`save` writes it as a PNG);
-analytics II's (weights, feature maps, differentiation, comparison) take a path and write it."""
+labelled axes, a legend, and a title naming model, layer, reduction and metric.
+
+Every function returns the Figure; one-panel plots take `ax=None`, several-panel plots
+`figure=None` (see `actdb.figures`), and `figures.save` writes them.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
+from .. import figures
+from .distances import DistanceReport
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .distances import DistanceReport  # noqa: E402
+plt = figures.plt
 
 HIGHLIGHT_GID = "highlight"  # the queries' scatter, so they can be found again on the figure
 MAX_LEGEND_CLASSES = 20
@@ -22,23 +22,16 @@ MAX_QUERY_PANELS = 3
 PAIR_COLOURS = {"random pairs": "tab:gray", "same class": "tab:red", "different class": "tab:blue"}
 
 
-def save(figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return path
-
-
 def _bins(samples) -> np.ndarray:
     values = np.concatenate([np.asarray(v) for v in samples if len(v)])
     return np.histogram_bin_edges(values, bins=50)
 
 
-def distances_figure(report: DistanceReport):
+def distances_figure(report: DistanceReport, figure=None):
     """Overlaid density histograms: the pair groups, and each query's distances to its targets."""
     queries = list(dict.fromkeys(q for q, _ in report.query_samples))[:MAX_QUERY_PANELS]
-    figure, axes = plt.subplots(1, 1 + len(queries), figsize=(6.5 * (1 + len(queries)), 4.2), squeeze=False)
+    figure = figures.figure(figure, figsize=(6.5 * (1 + len(queries)), 4.2))
+    axes = figure.subplots(1, 1 + len(queries), squeeze=False)
     pairs_axis = axes[0, 0]
     bins = _bins(report.pair_samples.values())
     for group, values in report.pair_samples.items():
@@ -65,9 +58,9 @@ def distances_figure(report: DistanceReport):
     return figure
 
 
-def map_figure(frame: pd.DataFrame):
+def map_figure(frame: pd.DataFrame, ax=None):
     """The map's points by class; queries drawn last, on top, as labelled stars."""
-    figure, axis = plt.subplots(figsize=(8, 6.5))
+    figure, axis = figures.axes(ax, figsize=(8, 6.5))
     points = frame[frame.kind != "query"]
     labels = list(dict.fromkeys(points.label))
     colours = plt.get_cmap("tab20" if len(labels) > 10 else "tab10")
@@ -87,25 +80,27 @@ def map_figure(frame: pd.DataFrame):
     axis.set(xlabel="dimension 1", ylabel="dimension 2", title=frame.attrs.get("title", "map"))
     if len(labels) <= MAX_LEGEND_CLASSES or len(queries):
         axis.legend(fontsize=8, loc="best", markerscale=1.0)
-    figure.tight_layout()
+    if ax is None:
+        figure.tight_layout()
     return figure
 
 
-def highlighted_offsets(figure) -> np.ndarray:
-    """The drawn positions of the highlighted queries (read back from the figure's artist)."""
-    for collection in figure.axes[0].collections:
+def highlighted_offsets(ax) -> np.ndarray:
+    """The drawn positions of the highlighted queries (read back from the Axes' artist)."""
+    for collection in ax.collections:
         if collection.get_gid() == HIGHLIGHT_GID:
             return np.asarray(collection.get_offsets())
     return np.empty((0, 2))
 
 
-def montage_figure(frame: pd.DataFrame, columns: int = 8):
+def montage_figure(frame: pd.DataFrame, columns: int = 8, figure=None):
     """The top images in rank order, each titled with its class and the unit's value."""
     from PIL import Image
 
     rows = -(-len(frame) // columns)
     columns = min(columns, len(frame))
-    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows + 0.5), squeeze=False)
+    figure = figures.figure(figure, figsize=(1.9 * columns, 2.2 * rows + 0.5))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
     for axis, row in zip(axes.ravel(), frame.itertuples()):
@@ -121,9 +116,10 @@ def montage_figure(frame: pd.DataFrame, columns: int = 8):
     return figure
 
 
-def profile_figure(frame: pd.DataFrame):
+def profile_figure(frame: pd.DataFrame, figure=None):
     """Per query: raw values over the units with the dataset mean ± std (and a class's mean), and z-scores."""
-    figure, (raw, scores) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True)
+    figure = figures.figure(figure, figsize=(11, 6.5))
+    raw, scores = figure.subplots(2, 1, sharex=True)
     first = frame[frame["query"] == frame["query"].iloc[0]]
     units = first.unit.to_numpy()
     raw.fill_between(units, first.dataset_mean - first.dataset_std, first.dataset_mean + first.dataset_std,
@@ -147,22 +143,21 @@ def profile_figure(frame: pd.DataFrame):
     return figure
 
 
-def top_classes_figure(frame: pd.DataFrame):
-    figure, axis = plt.subplots(figsize=(7, 0.35 * len(frame) + 1.5))
+def top_classes_figure(frame: pd.DataFrame, ax=None):
+    figure, axis = figures.axes(ax, figsize=(7, 0.35 * len(frame) + 1.5))
     axis.barh(frame["class"][::-1], frame.score[::-1], color="tab:blue", label=frame.attrs.get("by", "score"))
     axis.set(xlabel=frame.attrs.get("by", "score"), ylabel="class", title=frame.attrs.get("title", "top classes"))
     axis.legend(fontsize=8)
-    figure.tight_layout()
+    if ax is None:
+        figure.tight_layout()
     return figure
 
 
-# ---- analytics II -------------------------------------------------------------------------
-
-def weights_figure(weights, top: int, path: str | Path) -> Path:
+def weights_figure(weights, top: int = 6, figure=None):
     """Every input channel's norm (strongest first), then the top maps as 003 draws them:
     min-max normalized over the unit's whole kernel, one colour map, so panels compare."""
     shown = weights.top(top)
-    fig = plt.figure(figsize=(max(8, 1.6 * len(shown)), 5.4), layout="constrained")
+    fig = figures.figure(figure, figsize=(max(8, 1.6 * len(shown)), 5.4), layout="constrained")
     grid = fig.add_gridspec(2, len(shown), height_ratios=[1, 1.25])
     bars = fig.add_subplot(grid[0, :])
     norms = weights.ranking.norm.to_numpy()
@@ -183,13 +178,13 @@ def weights_figure(weights, top: int, path: str | Path) -> Path:
     what = "expanded weights" if weights.kind == "expanded" else "incoming kernel"
     trained = "" if weights.weights == "imagenet" else f" [weights {weights.weights[:24]}]"  # a sha256 is long
     fig.suptitle(f"{weights.model}{trained} {weights.layer} unit {weights.unit}: {what} from {weights.source}")
-    return save(fig, path)
+    return fig
 
 
 MAX_GRID_MAPS = 256  # beyond this a grid is too tall to read: choose with --channels
 
 
-def featuremap_grid(maps, path: str | Path, per_row: int = 16) -> Path:
+def featuremap_grid(maps, per_row: int = 16, figure=None):
     """003's `show_layer`: every chosen map standardized, x64 + 128, clipped; viridis."""
     from .featuremaps import display_values
 
@@ -197,8 +192,8 @@ def featuremap_grid(maps, path: str | Path, per_row: int = 16) -> Path:
     shown = display_values(maps.maps[:, :, :count])
     columns = min(per_row, count)
     rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns + 0.6, 1.2 * rows + 0.9), squeeze=False,
-                             layout="constrained")
+    fig = figures.figure(figure, figsize=(1.1 * columns + 0.6, 1.2 * rows + 0.9), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if k < count:
@@ -208,12 +203,13 @@ def featuremap_grid(maps, path: str | Path, per_row: int = 16) -> Path:
     first = "" if count == len(maps.channels) else f" (the first {count} of {len(maps.channels)}: use --channels)"
     fig.suptitle(f"{maps.model} {maps.layer} ({height}x{width}) on {Path(maps.query).name}: feature maps{first}, "
                  "each standardized (x64 + 128)", fontsize=10)
-    return save(fig, path)
+    return fig
 
 
-def unit_overlay(maps, path: str | Path) -> Path:
+def unit_overlay(maps, figure=None):
     """One channel's map, upsampled to the image, over the image; raw activation values."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), layout="constrained")
+    fig = figures.figure(figure, figsize=(9, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2)
     size = maps.image.shape[0]
     axes[0].imshow(maps.image.astype(np.uint8))
     axes[0].set_title("image as the model sees it")
@@ -226,15 +222,17 @@ def unit_overlay(maps, path: str | Path) -> Path:
         ax.set_yticks([])
     fig.colorbar(image, ax=axes[1], label="activation")
     fig.suptitle(f"{maps.model} {maps.layer} channel {maps.channels[0]} on {Path(maps.query).name}")
-    return save(fig, path)
+    return fig
 
 
-def differentiation_figure(result, path: str | Path) -> Path:
+def differentiation_figure(result, ax=None):
     """One line per set over the layers, as 004's figures."""
     frame = result.frame
     column = "normalized" if result.normalize_by else "differentiation"
     layers = list(dict.fromkeys(frame.layer))
-    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(layers) + 3), 5), layout="constrained")
+    if ax is None:
+        ax = plt.figure(figsize=(max(8, 0.28 * len(layers) + 3), 5), layout="constrained").add_subplot()
+    fig = ax.figure
     for name, group in frame.groupby("set", sort=False):
         shown = name if ":" in name else f"{Path(name).name}/"  # a folder by its own name, not its path
         ax.plot(group.depth, group[column], marker="o", markersize=3, label=f"{shown} ({group.images.iloc[0]} images)")
@@ -250,19 +248,21 @@ def differentiation_figure(result, path: str | Path) -> Path:
     units = frame.units.max()
     ax.set_title(f"{result.model}: differentiation per layer\n{units} sampled units per layer "
                  f"(all where a layer has fewer), z-scored per image; seed {result.seed}")
-    return save(fig, path)
+    return fig
 
 
 METHOD_TITLES = {"cka": "linear CKA", "cka-debiased": "debiased linear CKA",
                  "rsa": "RSA (Spearman r of correlation-distance RDMs)"}
 
 
-def comparison_heatmap(comparison, path: str | Path) -> Path:
+def comparison_heatmap(comparison, ax=None):
     """Every pair of arrays, the similarity written in each cell; a shared model named once."""
     count = len(comparison.names)
     models = {name.split("/", 1)[0] for name in comparison.names}
     labels = [name.split("/", 1)[1] for name in comparison.names] if len(models) == 1 else comparison.names
-    fig, ax = plt.subplots(figsize=(0.9 * count + 4, 0.8 * count + 2.4), layout="constrained")
+    if ax is None:
+        ax = plt.figure(figsize=(0.9 * count + 4, 0.8 * count + 2.4), layout="constrained").add_subplot()
+    fig = ax.figure
     values = comparison.matrix.to_numpy()
     image = ax.imshow(values, cmap="viridis", vmin=min(0.0, np.nanmin(values)), vmax=1.0)
     ax.set_xticks(range(count), labels, rotation=45, ha="right")
@@ -276,4 +276,4 @@ def comparison_heatmap(comparison, path: str | Path) -> Path:
     between = f"{models.pop()} layers" if len(models) == 1 else "models"
     fig.suptitle(f"{METHOD_TITLES[comparison.method]} between {between}\n"
                  f"(stored arrays, {comparison.images} images{detail})")
-    return save(fig, path)
+    return fig

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..errors import ActdbError
 from ..store import arrays
+from ..store.stored_array import StoredArray
 
 CATALOG_SPAN = 65536  # ids fetched from the catalog per query while streaming
 BLOCK_CHUNKS = 8  # Zarr chunks decoded at a time while streaming (4096 rows of 512 floats: 8 MB)
@@ -26,38 +27,7 @@ class Selection:
         return np.flatnonzero(self.labels == label)
 
 
-def describe(array: pd.Series) -> str:
-    """model/layer (reduce) for titles and messages."""
-    return f"{array.model} {array.layer} ({array.reduce})"
-
-
-def stored_labels(db, array: pd.Series) -> list[str]:
-    """The classes with at least one row in `array`, sorted."""
-    frame = db.sql("SELECT DISTINCT i.label FROM done d JOIN images i ON i.id = d.image_id "
-                   "WHERE d.array_id = ? AND i.label IS NOT NULL ORDER BY 1", [int(array.array_id)], memoize=True)
-    return frame.label.tolist()
-
-
-def class_label(db, array: pd.Series, name: str) -> str:
-    """A class as stored in `array`: its label, or a wnid / ImageNet name that maps to one."""
-    labels = stored_labels(db, array)
-    if name in labels:
-        return name
-    found = db.sql("SELECT DISTINCT i.label FROM images i JOIN imagenet_classes c ON c.wnid = i.wnid "
-                   "WHERE (c.wnid = ? OR c.name = ?) AND i.label IS NOT NULL", [name, name])
-    if len(found) == 1 and found.label[0] in labels:
-        return found.label[0]
-    shown = ", ".join(labels[:12]) + (" ..." if len(labels) > 12 else "")
-    raise ActdbError(f"class {name!r} has no rows in {describe(array)}; stored classes: {shown or 'none'}")
-
-
-def check_unit(array: pd.Series, unit: int) -> int:
-    if not 0 <= unit < int(array.channels):
-        raise ActdbError(f"unit {unit} is not in {describe(array)}: it has units 0..{int(array.channels) - 1}")
-    return int(unit)
-
-
-def sample(db, array: pd.Series, classes: list[str] | None, random_classes: int, per_class: int | None,
+def sample(db, array: StoredArray, classes: str | list[str] | None, random_classes: int, per_class: int | None,
            seed: int) -> Selection:
     """Named classes plus `random_classes` others drawn with `seed`; at most `per_class`
     members of each (a seeded sample; None: all)."""
@@ -65,16 +35,16 @@ def sample(db, array: pd.Series, classes: list[str] | None, random_classes: int,
         raise ActdbError(f"--per-class must be at least 1, got {per_class}")
     if random_classes < 0:
         raise ActdbError(f"--random-classes must be 0 or more, got {random_classes}")
-    named = list(dict.fromkeys(class_label(db, array, name) for name in classes or []))
+    named = db.class_labels(classes, array) or []
     rng = np.random.default_rng(seed)
-    others = [label for label in stored_labels(db, array) if label not in named]
+    others = [label for label in db.labels(array) if label not in named]
     drawn = sorted(rng.choice(others, min(random_classes, len(others)), replace=False).tolist()) if others else []
     chosen = named + drawn
     if not chosen:
-        raise ActdbError(f"no labelled rows to select in {describe(array)}: name --classes or ingest labelled images")
+        raise ActdbError(f"no labelled rows to select in {array.describe()}: name --classes or ingest labelled images")
     members = db.sql("SELECT d.image_id AS id, i.label FROM done d JOIN images i ON i.id = d.image_id "
                      "WHERE d.array_id = ? AND i.label IN (SELECT unnest(?::VARCHAR[])) ORDER BY id",
-                     [int(array.array_id), chosen])
+                     [array.id, chosen])
     ids, labels = [], []
     for label in chosen:
         found = members.id[members.label == label].to_numpy(np.int64)
@@ -90,11 +60,7 @@ def finite_rows(vectors: np.ndarray) -> np.ndarray:
     return np.isfinite(vectors).all(axis=1)
 
 
-def read_vectors(db, array: pd.Series, ids: np.ndarray) -> np.ndarray:
-    return arrays.read_rows(arrays.open_array(db.path, array.zarr_path), ids)
-
-
-def stream(db, array: pd.Series, labels: list[str], where: str | None = None):
+def stream(db, array: StoredArray, labels: list[str], where: str | None = None):
     """Every done row of `array` as (ids, class codes, float32 vectors) blocks, in id order.
 
     Class codes index `labels` (-1: unlabelled or another class). Memory holds one
@@ -107,7 +73,7 @@ def stream(db, array: pd.Series, labels: list[str], where: str | None = None):
     for start in range(0, zarr_array.shape[0], span):
         frame = db.sql(f"SELECT d.image_id AS id, images.label FROM done d JOIN images ON images.id = d.image_id "
                        f"WHERE d.array_id = ? AND d.image_id >= ? AND d.image_id < ? {condition} ORDER BY id",
-                       [int(array.array_id), start, start + span])
+                       [array.id, start, start + span])
         if frame.empty:
             continue
         ids = frame.id.to_numpy(np.int64)

@@ -5,26 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..choices import TOP_CLASSES_BY, check_choice
 from ..errors import ActdbError
+from ..results import table
+from ..store.stored_array import StoredArray
 from . import selection
 from .top_images import running_top_k
 from .unitstats import unit_stats
 
-BY = ("mean", "median", "topk-share")
+BY = TOP_CLASSES_BY
 
 
-def top_classes(db, model: str | None, layer: str | None, unit: int, reduce: str = "mean", by: str = "mean",
-                top: int = 10, k: int = 100, weights: str | None = None) -> pd.DataFrame:
+def top_classes(db, array: StoredArray, unit: int, *, by: str = "mean", top: int = 10,
+                k: int = 100) -> pd.DataFrame:
     """rank, class, score (the `by` statistic), members, mean, median (and n_top for topk-share)."""
-    if by not in BY:
-        raise ActdbError(f"unknown --by {by!r}: use one of {', '.join(BY)}")
+    check_choice("by", by, BY)
     if top < 1 or k < 1:
         raise ActdbError("--top and -k must be at least 1")
-    array = db.find_array(model, layer, reduce, weights)
-    unit = selection.check_unit(array, unit)
-    labels = selection.stored_labels(db, array)
+    unit = array.check_unit(unit)
+    labels = db.labels(array)
     if not labels:
-        raise ActdbError(f"no labelled rows in {selection.describe(array)}: classes need labelled images")
+        raise ActdbError(f"no labelled rows in {array.describe()}: classes need labelled images")
     if by == "topk-share":
         frame = _topk_share(db, array, labels, unit, k)
     elif by == "mean":
@@ -38,8 +39,7 @@ def top_classes(db, model: str | None, layer: str | None, unit: int, reduce: str
     frame = frame.reset_index(drop=True)
     axis = {"mean": f"mean of unit {unit} over the class's images", "median": f"median of unit {unit} over the "
             "class's images", "topk-share": f"share of unit {unit}'s top {k} images"}[by]
-    frame.attrs.update(title=f"{selection.describe(array)} unit {unit}: classes by {by}", by=axis)
-    return frame
+    return table(frame, title=f"{array.describe()} unit {unit}: classes by {by}", by=axis)
 
 
 def _medians(db, array, labels, unit) -> pd.DataFrame:

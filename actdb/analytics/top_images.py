@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ActdbError
+from ..results import table
+from ..store.stored_array import StoredArray
 from . import selection
 
 
@@ -30,21 +32,20 @@ def running_top_k(blocks, unit: int, k: int, bottom: bool = False) -> tuple[np.n
     return best_ids, sign * best_scores
 
 
-def top_images(db, model: str | None, layer: str | None, unit: int, reduce: str = "mean", k: int = 16,
-               bottom: bool = False, where: str | None = None, weights: str | None = None) -> pd.DataFrame:
+def top_images(db, array: StoredArray, unit: int, *, k: int = 16, bottom: bool = False,
+               where: str | None = None) -> pd.DataFrame:
     """rank, id, value, label, path of the unit's top (or bottom) k stored images."""
     if k < 1:
         raise ActdbError(f"-k must be at least 1, got {k}")
-    array = db.find_array(model, layer, reduce, weights)
-    unit = selection.check_unit(array, unit)
+    unit = array.check_unit(unit)
     ids, values = running_top_k(selection.stream(db, array, [], where), unit, k, bottom)
     if not len(ids):
-        raise ActdbError(f"no stored rows of {selection.describe(array)}" + (f" match --where {where!r}" if where else ""))
+        raise ActdbError(f"no stored rows of {array.describe()}" + (f" match --where {where!r}" if where else ""))
     frame = pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "id": ids, "value": values})
     frame = frame.merge(selection.image_info(db, ids), on="id", how="left")
-    frame.attrs["title"] = (f"{selection.describe(array)} unit {unit}: "
-                            f"{'bottom' if bottom else 'top'} {len(ids)} stored images")
-    stored = db.arrays()
-    if reduce != "max" and ((stored.model == array.model) & (stored.layer == array.layer) & (stored.reduce == "max")).any():
-        frame.attrs["note"] = "this layer is also stored with --reduce max, the spatial max Microscope and Summit rank by"
-    return frame
+    warnings = []
+    if array.reduce != "max" and any(a.model == array.model and a.layer == array.layer and a.reduce == "max"
+                                     for a in db.arrays()):
+        warnings.append("this layer is also stored with --reduce max, the spatial max Microscope and Summit rank by")
+    return table(frame, warnings=warnings,
+                 title=f"{array.describe()} unit {unit}: {'bottom' if bottom else 'top'} {len(ids)} stored images")

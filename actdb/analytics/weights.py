@@ -1,4 +1,4 @@
-"""Circuits: which input channels feed a unit, by the weights alone (seed 003).
+"""Circuits: which input channels feed a unit, by the weights alone (notebook 003).
 
 `incoming`: for each input channel c of a conv layer, the Frobenius norm of the kernel
 slice `kernel[:, :, c, unit]`, ranked. `expanded`: Distill's expanded weights, the gradient
@@ -8,19 +8,22 @@ is the linear map between the two layers (for adjacent convolutions: the kernel 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ..errors import ActdbError
+from ..results import Result
+from ..units import check_unit
 
 LINEARIZED_ACTIVATIONS = ("relu", "relu6")
 
 
 @dataclass
-class Weights:
-    """Per input channel: a spatial weight map and its Frobenius norm, ranked."""
+class IncomingWeights(Result):
+    """What feeds one unit: per input channel (of the conv's input, or of --from), a spatial
+    weight map and its Frobenius norm, ranked."""
 
     model: str
     layer: str
@@ -29,8 +32,6 @@ class Weights:
     kind: str  # "kernel" | "expanded"
     maps: np.ndarray  # (h, w, input channels)
     ranking: pd.DataFrame  # rank, channel, norm (all channels, strongest first)
-    note: str = ""
-    warnings: list[str] = field(default_factory=list)
     weights: str = "imagenet"  # the weights' identity: imagenet | random:seed=N | file:sha256=...
 
     def top(self, n: int) -> pd.DataFrame:
@@ -44,7 +45,7 @@ def rank_channels(maps: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"rank": np.arange(1, len(norms) + 1), "channel": order, "norm": norms[order]})
 
 
-def incoming(loaded, layer: str, unit: int) -> Weights:
+def incoming(loaded, layer: str, unit: int) -> IncomingWeights:
     """The kernel slices feeding output channel `unit` of a conv layer, ranked by norm."""
     import keras
 
@@ -55,20 +56,20 @@ def incoming(loaded, layer: str, unit: int) -> Weights:
         raise ActdbError(f"{layer} is a {type(target).__name__}, not a Conv2D or DepthwiseConv2D layer: "
                          "`actdb weights` ranks conv kernels (use --expanded --from LAYER for other layers)")
     kernel = np.asarray(target.kernel.numpy())  # (h, w, in, out)
-    _check_unit(unit, kernel.shape[3], layer)
+    unit = check_unit(unit, kernel.shape[3], layer)
     maps = kernel[:, :, :, unit]
-    note = ""
+    notes = []
     if kernel.shape[:2] == (1, 1):
-        note = "pointwise (1x1) conv: each channel's norm is the absolute value of its single weight"
-    return Weights(loaded.name, layer, unit, _input_layer_name(target), "kernel", maps, rank_channels(maps), note,
-                   weights=loaded.weights_id)
+        notes.append("pointwise (1x1) conv: each channel's norm is the absolute value of its single weight")
+    return IncomingWeights(loaded.name, layer, unit, _input_layer_name(target), "kernel", maps, rank_channels(maps),
+                           weights=loaded.weights_id, warnings=notes)
 
 
-def _depthwise(loaded, target, unit: int) -> Weights:
+def _depthwise(loaded, target, unit: int) -> IncomingWeights:
     """A depthwise conv's output channel reads one input channel only: no ranking to make."""
     kernel = np.asarray(target.kernel.numpy())  # (h, w, in, depth_multiplier)
     channels, multiplier = kernel.shape[2], kernel.shape[3]
-    _check_unit(unit, channels * multiplier, target.name)
+    unit = check_unit(unit, channels * multiplier, target.name)
     source_channel, k = divmod(unit, multiplier)
     maps = np.zeros(kernel.shape[:2] + (channels,), kernel.dtype)
     maps[:, :, source_channel] = kernel[:, :, source_channel, k]
@@ -76,11 +77,11 @@ def _depthwise(loaded, target, unit: int) -> Weights:
     note = (f"depthwise conv: output channel {unit} reads only input channel {source_channel}; its norm is "
             "that one kernel's, every other channel's weight is 0 (rank the pointwise conv after it, "
             "or use --expanded)")
-    return Weights(loaded.name, target.name, unit, _input_layer_name(target), "kernel", maps, ranking, note,
-                   weights=loaded.weights_id)
+    return IncomingWeights(loaded.name, target.name, unit, _input_layer_name(target), "kernel", maps, ranking,
+                           weights=loaded.weights_id, warnings=[note])
 
 
-def expanded(loaded, layer: str, unit: int, from_layer: str) -> Weights:
+def expanded(loaded, layer: str, unit: int, from_layer: str) -> IncomingWeights:
     """Expanded weights from `from_layer` to `unit` of `layer`, computed as a TF gradient.
 
     The model is cloned with ReLU/ReLU6 as identity and max-pooling as average-pooling; a
@@ -99,7 +100,7 @@ def expanded(loaded, layer: str, unit: int, from_layer: str) -> Weights:
         if len(item.output.shape) != 4:
             raise ActdbError(f"{item.name} has output shape {tuple(item.output.shape)}; expanded weights need "
                              "spatial (H x W x C) layers at both ends")
-    _check_unit(unit, int(target.output.shape[-1]), layer)
+    unit = check_unit(unit, int(target.output.shape[-1]), layer)
     probe = _zero_offset(tuple(source.output.shape[1:]))
     outputs = {}
     clone = keras.models.clone_model(model, clone_function=_linearized,
@@ -114,11 +115,11 @@ def expanded(loaded, layer: str, unit: int, from_layer: str) -> Weights:
     if gradient is None:
         raise ActdbError(f"{layer} does not depend on {from_layer}: pick a --from layer on its input path")
     maps = _crop_to_support(gradient.numpy()[0])
-    warnings = _nonlinear_left(model, names.index(from_layer), names.index(layer))
     note = (f"expanded weights: gradient of {layer}[{(height - 1) // 2}, {(width - 1) // 2}, {unit}] "
             f"with respect to {from_layer}, ReLU/ReLU6 as identity and max-pool as average-pool")
-    return Weights(loaded.name, layer, unit, from_layer, "expanded", maps, rank_channels(maps), note, warnings,
-                   loaded.weights_id)
+    return IncomingWeights(loaded.name, layer, unit, from_layer, "expanded", maps, rank_channels(maps),
+                           weights=loaded.weights_id,
+                           warnings=[note, *_nonlinear_left(model, names.index(from_layer), names.index(layer))])
 
 
 def _probe_after(name: str, probe, wanted: str, outputs: dict):
@@ -200,18 +201,13 @@ def _layer(model, name: str):
         raise ActdbError(f"unknown layer {name!r} in {model.name}; valid layers: {shown} (see `actdb layers`)") from None
 
 
-def _check_unit(unit: int, count: int, layer: str) -> None:
-    if not 0 <= unit < count:
-        raise ActdbError(f"--unit {unit} is out of range: {layer} has channels 0..{count - 1}")
-
-
 def _input_layer_name(layer) -> str:
     history = getattr(layer.input, "_keras_history", None)
     return history.operation.name if history is not None else "input"
 
 
-def weights_of(model: str, layer: str, unit: int, from_layer: str | None = None, weights: str = "imagenet",
-               preprocess: str | None = None) -> Weights:
+def incoming_weights(*, model: str, layer: str, unit: int, from_layer: str | None = None,
+                     weights: str = "imagenet", preprocess: str | None = None) -> IncomingWeights:
     """`actdb weights`: load the model, then `incoming` or, with `from_layer`, `expanded`."""
     from ..models import load_model
 

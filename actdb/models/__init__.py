@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import weightspec
+from ..choices import PRECISIONS, check_choice
 from ..errors import ActdbError
 from ..tfquiet import import_tensorflow
-
-PRECISIONS = ("float32", "bfloat16", "float16")
+from ..weightspec import file_sha256
 
 
 @dataclass(frozen=True)
@@ -89,26 +90,8 @@ def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def is_saved_model_path(name: str) -> bool:
     return name.endswith(".keras")
-
-
-def parse_weights(weights: str) -> tuple[str, int]:
-    """`random` or `random:SEED` -> ('random', seed); anything else passes through."""
-    if weights == "random" or weights.startswith("random:"):
-        seed_text = weights.partition(":")[2] or "0"
-        if not seed_text.isdigit():
-            raise ActdbError(f"--weights {weights!r}: write random or random:SEED with an integer seed")
-        return "random", int(seed_text)
-    return weights, 0
 
 
 def load_model(name: str, weights: str = "imagenet", precision: str = "float32",
@@ -118,10 +101,9 @@ def load_model(name: str, weights: str = "imagenet", precision: str = "float32",
     import_tensorflow()
     import keras
 
-    if precision not in PRECISIONS:
-        raise ActdbError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[precision]
-    kind, seed = parse_weights(weights)
+    kind, seed = weightspec.parse(weights)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
@@ -156,7 +138,7 @@ def load(name: str, weights: str = "imagenet", seed: int = 0, preprocess: str | 
     if weights == "random":
         keras.utils.set_random_seed(seed)
         model = _build(spec, weights=None)
-        return LoadedModel(model, name, f"random:seed={seed}", spec.preprocess, spec.input_size)
+        return LoadedModel(model, name, weightspec.random_id(seed), spec.preprocess, spec.input_size)
     if weights == "imagenet":
         model = _build(spec, weights="imagenet")
         return LoadedModel(model, name, "imagenet", spec.preprocess, spec.input_size)
@@ -168,7 +150,7 @@ def load(name: str, weights: str = "imagenet", seed: int = 0, preprocess: str | 
         model.load_weights(str(path))
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise ActdbError(f"could not load weights {path} into {name}: {str(exc).splitlines()[0]}") from None
-    return LoadedModel(model, name, f"file:sha256={file_sha256(path)}", spec.preprocess, spec.input_size,
+    return LoadedModel(model, name, weightspec.file_id(path), spec.preprocess, spec.input_size,
                        weights_path=str(path.resolve()))
 
 
@@ -212,7 +194,7 @@ def _load_saved_model(path: str, preprocess: str) -> LoadedModel:
     height, width = model.input_shape[1:3]
     if height is None or height != width:
         raise ActdbError(f"{path}: actdb needs a fixed square input shape, the model has {model.input_shape}")
-    return LoadedModel(model, Path(path).stem, f"file:sha256={file_sha256(Path(path))}", preprocess, height,
+    return LoadedModel(model, Path(path).stem, weightspec.file_id(path), preprocess, height,
                        model_path=str(Path(path).resolve()))
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..choices import REDUCTIONS
 from ..errors import ActdbError
 from ..tfquiet import import_tensorflow
 from . import LoadedModel
@@ -17,7 +18,6 @@ from . import preprocess as preprocessing
 
 tf = import_tensorflow()
 
-REDUCTIONS = ("mean", "max")  # what a store keeps
 FULL_MAPS = "none"  # not stored: whole H x W x C maps, for analyses that need positions
 TOP_K = 5
 

@@ -97,8 +97,8 @@ class Fourier:
 
 
 @dataclass
-class SeedLoop:
-    """Seeds 000/002 exactly: np.random.seed(S); randint(0, 255) uint8 start; the model's
+class PixelLoop:
+    """Notebooks 000/002 exactly: np.random.seed(S); randint(0, 255) uint8 start; the model's
     preprocess_input; gradient / its std; step; clip to [-1, 1]; `255 * (x + 1) / 2` as uint8."""
 
     target: Target
@@ -133,7 +133,7 @@ class SeedLoop:
 
 @dataclass
 class PatternLoop:
-    """Seed 003's `generate_pattern` (the Keras book): 128 + 20 U(0,1) fed straight to the
+    """Notebook 003's `generate_pattern` (the Keras book): 128 + 20 U(0,1) fed straight to the
     model's input, gradient / (RMS + 1e-5), steps of size 1 in float64; `deprocess_image`."""
 
     target: Target
@@ -177,8 +177,8 @@ def deprocess_image(x: np.ndarray) -> np.ndarray:
     return np.clip(x, 0, 255).astype("uint8")
 
 
-METHODS = {"fft": Fourier, "seed": SeedLoop, "pattern": PatternLoop}
-DEFAULTS = {"fft": (256, 0.05), "seed": (100, 0.1), "pattern": (40, 1.0)}  # (steps, learning rate / step size)
+METHODS = {"fft": Fourier, "pixel": PixelLoop, "pattern": PatternLoop}
+DEFAULTS = {"fft": (256, 0.05), "pixel": (100, 0.1), "pattern": (40, 1.0)}  # (steps, learning rate / step size)
 
 
 def run(method, keys: np.ndarray, units: np.ndarray, steps: int, batch: int, group: int = 1,

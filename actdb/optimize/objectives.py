@@ -46,7 +46,7 @@ def _unit_values(output, units):
 
 
 def channel() -> Objective:
-    """The spatial mean of the unit (the seeds' loss); a vector layer's value itself."""
+    """The spatial mean of the unit (the notebooks' loss); a vector layer's value itself."""
     def score(output, units):
         values = _unit_values(output, units)
         return tf.reduce_mean(values, axis=[1, 2]) if len(output.shape) == 4 else values

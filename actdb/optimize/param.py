@@ -2,7 +2,7 @@
 
 `fft`: lucid's Fourier parameterization (random spectrum scaled by 1/f, inverse real FFT,
 ImageNet colour decorrelation, sigmoid), which makes the optimizer favour natural-looking
-low frequencies. `seed` and `pattern` optimize pixels directly, exactly as the seeds did.
+low frequencies. `pixel` and `pattern` optimize pixels directly, exactly as the notebooks did.
 Every image is initialized from its own key, so it does not depend on its batch mates.
 """
 from __future__ import annotations

@@ -15,7 +15,10 @@ import numpy as np
 import pandas as pd
 
 from .. import imagenet
+from ..choices import OBJECTIVES, OPTIMIZE_METHODS, check_choice
 from ..errors import ActdbError
+from ..files import atomic_write, checked_output
+from ..units import expand_units, parse_units
 from ..store.catalog import OPTIMIZED_SCHEMA, Catalog
 from ..store.locks import writer_lock
 from ..store.reader import Store
@@ -57,30 +60,11 @@ class Plan:
     params: dict
 
 
-def parse_units(spec: str | None) -> list[int]:
-    """`4`, `4,17,300`, `0-63`, or a mix, in the order given, without repeats."""
-    if not spec or not spec.strip():
-        raise ActdbError("--units is empty: give a unit (4), a list (4,17,300) or a range (0-63)")
-    units = []
-    for part in (p.strip() for p in spec.split(",")):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match:
-            raise ActdbError(f"--units {spec!r}: {part!r} is not a unit number or a range like 0-63")
-        first, last = int(match[1]), int(match[2] or match[1])
-        if last < first:
-            raise ActdbError(f"--units {spec!r}: the range {part} runs backwards")
-        units.extend(range(first, last + 1))
-    return list(dict.fromkeys(units))
-
-
 def _check_options(o: OptimizeOptions) -> tuple[int, float, list[int]]:
-    from .loops import DEFAULTS, METHODS
-    from .objectives import OBJECTIVES
+    from .loops import DEFAULTS
 
-    if o.method not in METHODS:
-        raise ActdbError(f"--method {o.method!r} is not one of {', '.join(METHODS)}")
-    if o.objective not in OBJECTIVES:
-        raise ActdbError(f"--objective {o.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    check_choice("method", o.method, OPTIMIZE_METHODS)
+    check_choice("objective", o.objective, OBJECTIVES)
     steps, lr = DEFAULTS[o.method]
     steps = steps if o.steps is None else o.steps
     lr = lr if o.lr is None else o.lr
@@ -91,7 +75,8 @@ def _check_options(o: OptimizeOptions) -> tuple[int, float, list[int]]:
     if o.diversity < 1:
         raise ActdbError(f"--diversity {o.diversity}: give 1 (no diversity) or more images per unit")
     if o.diversity > 1 and o.method != "fft":
-        raise ActdbError(f"--diversity needs --method fft (the {o.method} method is the seeds' loop, one image per unit)")
+        raise ActdbError(f"--diversity needs --method fft (the {o.method} method makes one image per unit, as the "
+                         "original loop did)")
     if o.batch < 1:
         raise ActdbError(f"--batch {o.batch}: give at least 1 image per chunk")
     snapshots = []
@@ -119,11 +104,7 @@ def _units(o: OptimizeOptions, channels: int, what: str) -> list[int]:
         return list(dict.fromkeys(_class_index(c.strip(), channels) for c in o.class_name.split(",") if c.strip()))
     if not o.units and o.objective == "logit":
         raise ActdbError("--objective logit needs --class NAME (or --units with class indices)")
-    units = parse_units(o.units)
-    bad = [u for u in units if u >= channels]
-    if bad:
-        raise ActdbError(f"unit {bad[0]} is outside {what}, which has {channels} channels: use 0-{channels - 1}")
-    return units
+    return expand_units(parse_units(o.units), channels, what)
 
 
 def _class_index(text: str, classes: int) -> int:
@@ -201,8 +182,8 @@ def optimize(store: str | Path | None, options: OptimizeOptions, out: str | Path
     o = options
     if store is None and out is None:
         raise ActdbError("give --store PATH (or ACTDB_STORE) to keep the images in a store, or --out DIR")
-    if sheet is not None and not str(sheet).lower().endswith(".png"):
-        raise ActdbError(f"--sheet {sheet}: the contact sheet is a PNG; name it FILE.png")
+    if sheet is not None:
+        sheet = checked_output(sheet, (".png",), "sheet")
     steps, lr, snapshots = _check_options(o)
     loaded = load_model(o.model, o.weights, "float32", o.preprocess)
     layer = loops.LOGITS if o.objective == "logit" else o.layer
@@ -226,9 +207,10 @@ def optimize(store: str | Path | None, options: OptimizeOptions, out: str | Path
         _write_store(Path(store), todo, made, loaded, digest)
         results, root = _rows_of(Store(Path(store)), [p.name for p in plans]), Path(store)
     if sheet is not None:
+        from .. import figures
         from .sheet import contact_sheet
 
-        contact_sheet(results, root, Path(sheet))
+        figures.save(contact_sheet(results, root), sheet, "sheet", dpi=100)
     return results
 
 
@@ -296,26 +278,18 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Through a temporary file and a rename: a killed run leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _snapshot_name(name: str, step: int) -> str:
     return f"{name}.step{step}.png"
 
 
 def _write_folder(out: Path, todo: list[Plan], made) -> None:
     for i, plan in enumerate(todo):
-        _write_file(out / f"{plan.name}.png", _png_bytes(made["pixels"][i]))
+        atomic_write(out / f"{plan.name}.png", _png_bytes(made["pixels"][i]))
         for step, shots in made["snapshots"].items():
-            _write_file(out / _snapshot_name(plan.name, step), _png_bytes(shots[i]))
+            atomic_write(out / _snapshot_name(plan.name, step), _png_bytes(shots[i]))
         record = {"name": plan.name, **plan.params, "start_activation": float(made["start"][i]),
                   "final_activation": float(made["final"][i]), "top1_class": made["top1"][i]}
-        _write_file(out / f"{plan.name}.json", json.dumps(record, indent=2).encode())
+        atomic_write(out / f"{plan.name}.json", json.dumps(record, indent=2).encode())
 
 
 def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str) -> None:
@@ -334,9 +308,9 @@ def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str) -> No
         for i, plan in enumerate(todo):
             data = _png_bytes(made["pixels"][i])
             png = f"{OPTIMIZED_DIR}/{plan.name}.png"
-            _write_file(store / png, data)
+            atomic_write(store / png, data)
             for step, shots in made["snapshots"].items():
-                _write_file(store / OPTIMIZED_DIR / _snapshot_name(plan.name, step), _png_bytes(shots[i]))
+                atomic_write(store / OPTIMIZED_DIR / _snapshot_name(plan.name, step), _png_bytes(shots[i]))
             p = plan.params
             rows.append((plan.name, p["model"], p["weights"], digest, p["layer"], plan.unit, p["objective"],
                          -1 if p["negative"] else 1, p["method"], p["seed"], plan.diversity_index, json.dumps(p),

@@ -14,12 +14,15 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from ..choices import check_choice, invalid
 from ..distance import check_metric
 from ..errors import ActdbError
 from ..resolve import resolve
+from ..results import table
 from ..store import arrays
 from ..store.catalog import INDEX_DIR
 from ..store.locks import writer_lock
+from ..store.stored_array import StoredArray
 from . import classes as class_ranking
 from . import index as faiss_index
 
@@ -29,33 +32,33 @@ def memory_budget_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def build(db, model: str, layer: str, reduce: str = "mean", metric: str = "l2", kind: str = "auto",
-          recall_target: float = faiss_index.DEFAULT_RECALL_TARGET, weights: str | None = None,
-          rebuild: bool = False) -> dict:
+def build(db, array: StoredArray, *, metric: str = "l2", kind: str = "auto",
+          recall: float = faiss_index.DEFAULT_RECALL_TARGET, rebuild: bool = False) -> dict:
     """Build or bring up to date the index and class centroids of one array.
 
     An existing index of the same kind only gets the new rows added; `rebuild` retrains
     (IVF lists trained on the old rows drift as a store grows)."""
     check_metric(metric)
     if kind != "auto":
-        faiss_index._checked_kind(kind)
+        faiss_index.checked_kind(kind)
     with writer_lock(db.path, "actdb index"):
-        array = db.find_array(model, layer, reduce, weights)
-        ids = db.done_ids(array.array_id)
+        ids = db.done_ids(array)
         if len(ids) == 0:
-            raise ActdbError(f"{model}/{layer} has no stored rows yet: ingest images first")
+            raise ActdbError(f"{array.name} has no stored rows yet: ingest images first")
         zarr_array = arrays.open_array(db.path, array.zarr_path)
         existing = _index_row(db, array, metric)
         report = _refresh(db, existing, ids, zarr_array, metric, kind) if existing is not None and not rebuild else None
         if report is None:
-            report = _build_new(db, array, ids, zarr_array, metric, kind, recall_target)
+            report = _build_new(db, array, ids, zarr_array, metric, kind, recall)
         centroids = class_ranking.class_centroids(_labelled_blocks(db, zarr_array, ids), metric)
         _record(db, array, metric, report, centroids)
+    if report["kind"] != "flat" and not report.get("target_reached", True):
+        report["warnings"].append(f"recall target {recall} not reached (best measured: {report['recall_at_10']:.3f})")
     return report
 
 
 def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
-    dim = int(array.channels)
+    dim = array.channels
     chosen = faiss_index.choose_kind(len(ids), dim, memory_budget_bytes()) if kind == "auto" else kind
     note = None
     if chosen != "flat" and len(ids) < faiss_index.MIN_APPROXIMATE_ROWS:
@@ -69,7 +72,7 @@ def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
     path = _index_file(db, array, metric)
     faiss_index.save_index(index, path)
     report = asdict(built)
-    report.update(file=path.name, action="built", requested_kind=kind, note=note)
+    report.update(file=path.name, action="built", requested_kind=kind, warnings=[note] if note else [])
     return report
 
 
@@ -89,35 +92,36 @@ def _refresh(db, existing: pd.Series, ids, zarr_array, metric, kind) -> dict | N
     return {"kind": existing.kind, "metric": metric, "factory": existing.factory, "search_params": params,
             "n_rows": int(index.ntotal), "added": int(added), "recall_at_10": existing.recall_at_10,
             "n_eval_queries": int(existing.eval_queries or 0), "build_seconds": existing.build_seconds,
-            "file": existing.file, "action": "updated" if len(new_ids) else "up to date", "requested_kind": kind}
+            "file": existing.file, "action": "updated" if len(new_ids) else "up to date", "requested_kind": kind,
+            "warnings": []}
 
 
 def _record(db, array, metric: str, report: dict, centroids: class_ranking.ClassCentroids) -> None:
     with db.catalog.write() as con:
-        con.execute("DELETE FROM indexes WHERE array_id = ? AND metric = ?", [int(array.array_id), metric])
+        con.execute("DELETE FROM indexes WHERE array_id = ? AND metric = ?", [array.id, metric])
         con.execute(
             "INSERT INTO indexes (array_id, metric, kind, factory, params, n_rows, recall_at_10, eval_queries, "
             "build_seconds, file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [int(array.array_id), metric, report["kind"], report["factory"], json.dumps(report["search_params"]),
+            [array.id, metric, report["kind"], report["factory"], json.dumps(report["search_params"]),
              report["n_rows"], report["recall_at_10"], report["n_eval_queries"], report["build_seconds"],
              report["file"]],
         )
-        con.execute("DELETE FROM class_centroids WHERE array_id = ? AND metric = ?", [int(array.array_id), metric])
+        con.execute("DELETE FROM class_centroids WHERE array_id = ? AND metric = ?", [array.id, metric])
         frame = pd.DataFrame({"label": centroids.labels, "members": centroids.counts,
                               "centroid": [row.astype(np.float32).tolist() for row in centroids.centroids]})
         con.register("new_centroids", frame)
         con.execute("INSERT INTO class_centroids SELECT ?, ?, label, members, centroid FROM new_centroids",
-                    [int(array.array_id), metric])
+                    [array.id, metric])
 
 
 def _index_file(db, array, metric: str) -> Path:
     folder = db.path / INDEX_DIR
     folder.mkdir(exist_ok=True)
-    return folder / f"array{int(array.array_id)}-{metric}.faiss"
+    return folder / f"array{array.id}-{metric}.faiss"
 
 
 def _index_row(db, array, metric: str) -> pd.Series | None:
-    rows = db.sql("SELECT * FROM indexes WHERE array_id = ? AND metric = ?", [int(array.array_id), metric],
+    rows = db.sql("SELECT * FROM indexes WHERE array_id = ? AND metric = ?", [array.id, metric],
                   memoize=True)
     return None if rows.empty else rows.iloc[0]
 
@@ -144,13 +148,13 @@ def _labelled_blocks(db, zarr_array, ids):
 # --- querying -------------------------------------------------------------------------
 
 
-def _index_hint(array, metric: str) -> str:
+def _index_hint(array: StoredArray, metric: str) -> str:
     return f"actdb index --model {array.model} --layer {array.layer} --metric {metric}"
 
 
-def _missing_index(message: str, array, metric: str) -> ActdbError:
-    """The error with the call that fixes it: db.build_index(...) in a notebook, `actdb index` on the CLI."""
-    call = f"db.build_index({array.model!r}, {array.layer!r}, metric={metric!r})"
+def _missing_index(message: str, array: StoredArray, metric: str) -> ActdbError:
+    """The error with the call that fixes it: db.index(...) in a notebook, `actdb index` on the CLI."""
+    call = f"db.index(model={array.model!r}, layer={array.layer!r}, metric={metric!r})"
     return ActdbError(f"{message}: run {call}", f"{message}: run `{_index_hint(array, metric)}`")
 
 
@@ -158,8 +162,8 @@ def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
     """The array's index record, and a warning if rows were ingested since it was built."""
     row = _index_row(db, array, metric)
     if row is None:
-        raise _missing_index(f"no {metric} index for {array.model}/{array.layer} yet", array, metric)
-    behind = int(array.rows_done) - int(row.n_rows)
+        raise _missing_index(f"no {metric} index for {array.name} yet", array, metric)
+    behind = array.rows_done - int(row.n_rows)
     warnings = []
     if behind > 0:
         warnings.append(f"the index and class centroids are behind: {behind} rows ingested since they were built "
@@ -178,13 +182,12 @@ def _open_index(db, array, metric: str) -> tuple[faiss.Index, list[str]]:
     return index, warnings
 
 
-def neighbors(db, queries: list[str], model: str, layer: str, k: int = 10, where: str | None = None,
-              reduce: str = "mean", metric: str = "l2", weights: str | None = None) -> pd.DataFrame:
+def neighbors(db, array: StoredArray, queries: list, *, k: int = 10, where: str | None = None,
+              metric: str = "l2") -> pd.DataFrame:
     """The k nearest stored images of each query; `where` filters by catalog columns."""
     check_metric(metric)
     if k < 1:
-        raise ActdbError("-k must be at least 1")
-    array = db.find_array(model, layer, reduce, weights)
+        raise invalid("k", k, "give at least 1")
     index, warnings = _open_index(db, array, metric)
     allowed = None
     if where:
@@ -201,19 +204,16 @@ def neighbors(db, queries: list[str], model: str, layer: str, k: int = 10, where
     frame = pd.DataFrame(rows, columns=["query", "rank", "id", "distance"])
     found = sorted(set(frame.id.tolist()))  # only these rows: the images table may hold millions
     images = db.sql("SELECT id, label, path FROM images WHERE id IN (SELECT unnest(?::BIGINT[]))", [found])
-    frame = frame.merge(images, on="id", how="left")
-    frame.attrs["warnings"] = warnings
-    return frame
+    return table(frame.merge(images, on="id", how="left"), warnings=warnings)
 
 
-def classes(db, queries: list[str], model: str, layer: str, by: str = "centroid", k: int = 50, top: int = 10,
-            class_name: str | None = None, reduce: str = "mean", metric: str = "l2",
-            weights: str | None = None) -> pd.DataFrame:
+def classes(db, array: StoredArray, queries: list, *, by: str = "centroid", k: int = 50, top: int = 10,
+            class_name: str | None = None, metric: str = "l2") -> pd.DataFrame:
     """Classes ranked for each query; with `class_name`, that class's row is kept whatever its rank."""
     check_metric(metric)
-    if by not in class_ranking.BY:
-        raise ActdbError(f"unknown --by {by!r}: use one of {', '.join(class_ranking.BY)}")
-    array = db.find_array(model, layer, reduce, weights)
+    check_choice("by", by, class_ranking.BY, "class ranking")
+    if class_name is not None:
+        class_name = db.class_label(class_name, array)
     labels = _labels_by_id(db)
     if not pd.notna(labels).any():
         raise ActdbError("this store has no classes: none of its images has a label (ingest class folders, or a "
@@ -230,43 +230,27 @@ def classes(db, queries: list[str], model: str, layer: str, by: str = "centroid"
         ranked = class_ranking.rank_classes(resolved.vectors, by, metric, index=index, k=k,
                                             labels_of=lambda ids: labels[ids], query_ids=query_ids)
     else:
-        ids = db.done_ids(array.array_id)
+        ids = db.done_ids(array)
         zarr_array = arrays.open_array(db.path, array.zarr_path)
         ranked = class_ranking.rank_classes(resolved.vectors, by, metric,
                                             blocks=_labelled_blocks(db, zarr_array, ids), query_ids=query_ids)
     ranked["query"] = [resolved.texts[q] for q in ranked["query"]]
-    if class_name is not None:
-        class_name = _class_label(db, class_name)
-        if class_name not in set(ranked["class"]):
-            raise ActdbError(f"class {class_name!r} has no stored rows in {array.model}/{array.layer}")
     keep = (ranked["rank"] <= top) | (ranked["class"] == class_name)
-    frame = ranked[keep].reset_index(drop=True)
-    frame.attrs["warnings"] = warnings
-    return frame
+    return table(ranked[keep].reset_index(drop=True), warnings=warnings)
 
 
 def _centroids(db, array, metric: str) -> class_ranking.ClassCentroids:
-    return db.memoized(("centroids", int(array.array_id), metric), lambda: _read_centroids(db, array, metric))
+    return db.memoized(("centroids", array.id, metric), lambda: _read_centroids(db, array, metric))
 
 
 def _read_centroids(db, array, metric: str) -> class_ranking.ClassCentroids:
     """Class means from the catalog; fetched as NumPy (a DataFrame of lists costs ~50 ms for 1000 classes)."""
     with db.catalog.read() as con:
         rows = con.execute(
-            f"SELECT label, members, centroid::FLOAT[{int(array.channels)}] AS centroid FROM class_centroids "
-            "WHERE array_id = ? AND metric = ? ORDER BY label", [int(array.array_id), metric]).fetchnumpy()
+            f"SELECT label, members, centroid::FLOAT[{array.channels}] AS centroid FROM class_centroids "
+            "WHERE array_id = ? AND metric = ? ORDER BY label", [array.id, metric]).fetchnumpy()
     if len(rows["label"]) == 0:
-        raise _missing_index(f"no class centroids for {array.model}/{array.layer} ({metric}) yet", array, metric)
+        raise _missing_index(f"no class centroids for {array.name} ({metric}) yet", array, metric)
     centroids = np.stack(rows["centroid"]).astype(np.float64)
     return class_ranking.ClassCentroids(np.asarray(rows["label"], dtype=object), centroids,
                                         np.asarray(rows["members"]), metric)
-
-
-def _class_label(db, name: str) -> str:
-    """A class as stored: a label as given, or an ImageNet wnid/name resolved to its label."""
-    known = set(db.sql("SELECT DISTINCT label FROM images WHERE label IS NOT NULL").label)
-    if name in known:
-        return name
-    from .. import imagenet
-
-    return imagenet.resolve(name).name

@@ -23,14 +23,16 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from ..distance import check_metric, pairwise_distances
+from ..choices import CLASS_RANKINGS, check_choice
+from ..distance import check_metric, pairwise_distances, prepare
 from ..errors import ActdbError
+from ..moments import GroupMoments
 from .index import search
-from .metrics import prepare_queries, prepare_vectors
+from .metrics import prepare_queries
 
 LabelledBlocks = Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (ids, vectors, labels)
 
-BY = ("centroid", "knn", "mean", "median", "min")
+BY = CLASS_RANKINGS
 DEFAULT_KNN_K = 50
 MEMBER_STATISTICS = {"mean": np.mean, "median": np.median, "min": np.min}
 
@@ -44,21 +46,21 @@ class ClassCentroids:
 
 
 def class_centroids(blocks: LabelledBlocks, metric: str = "l2") -> ClassCentroids:
-    """Class means in one pass over `(ids, vectors, labels)` blocks: a sum and a count per class."""
+    """Class means of the metric's prepared rows, in one pass over `(ids, vectors, labels)` blocks."""
     check_metric(metric)
-    sums: dict = {}
-    counts: dict = {}
+    code_of: dict = {}
+    moments = None
     for _, vectors, labels in _finite_blocks(blocks):
-        rows = prepare_vectors(vectors, metric)
-        for label, members in _members_by_label(labels):
-            sums[label] = sums.get(label, 0.0) + rows[members].sum(axis=0, dtype=np.float64)
-            counts[label] = counts.get(label, 0) + len(members)
-    if not sums:  # an unlabelled store has no classes; its index still serves nearest images
+        rows = prepare(vectors, metric)
+        moments = moments or GroupMoments(rows.shape[1], second_moment=False)
+        present, inverse = np.unique(labels, return_inverse=True)
+        codes = np.array([code_of.setdefault(label, len(code_of)) for label in present.tolist()], np.int64)
+        moments.add(codes[inverse], rows)
+    if not code_of:  # an unlabelled store has no classes; its index still serves nearest images
         return ClassCentroids(np.array([], dtype=object), np.zeros((0, 0)), np.zeros(0, np.int64), metric)
-    labels = sorted(sums)
-    totals = np.array([counts[label] for label in labels])
-    means = np.stack([sums[label] for label in labels]) / totals[:, None]
-    return ClassCentroids(np.array(labels), means, totals, metric)
+    labels = sorted(code_of)
+    order = [code_of[label] for label in labels]
+    return ClassCentroids(np.array(labels), moments.mean[order], moments.n[order].astype(np.int64), metric)
 
 
 def rank_classes(
@@ -89,8 +91,7 @@ def rank_classes(
       among the neighbours are listed.
     """
     check_metric(metric)
-    if by not in BY:
-        raise ActdbError(f"unknown class ranking {by!r}; use one of {', '.join(BY)}")
+    check_choice("by", by, BY, "class ranking")
     prepared = prepare_queries(queries, metric)
     if by == "centroid":
         own = _own_labels(query_ids, labels_of)
@@ -152,7 +153,7 @@ def _rank_by_centroid(prepared: np.ndarray, centroids: ClassCentroids, metric: s
         raise ActdbError(
             f"queries have {prepared.shape[1]} dimensions but the centroids {centroids.centroids.shape[1]}"
         )
-    distances = pairwise_distances(prepared, prepare_vectors(centroids.centroids, metric), metric)
+    distances = pairwise_distances(prepared, prepare(centroids.centroids, metric), metric)
     n_queries, n_classes = distances.shape
     members = np.tile(centroids.counts, (n_queries, 1)).astype(np.int64)
     for query, label in enumerate(own_labels):
@@ -165,7 +166,7 @@ def _rank_by_centroid(prepared: np.ndarray, centroids: ClassCentroids, metric: s
             distances[query, c] = np.nan
             continue
         others = (n * centroids.centroids[c] - prepared[query].astype(np.float64)) / (n - 1)
-        distances[query, c] = pairwise_distances(prepared[query : query + 1], prepare_vectors(others[None], metric),
+        distances[query, c] = pairwise_distances(prepared[query : query + 1], prepare(others[None], metric),
                                                  metric)[0, 0]
     frame = pd.DataFrame({
         "query": np.repeat(np.arange(n_queries), n_classes),
@@ -202,7 +203,7 @@ def _rank_by_neighbours(neighbours, labels_of) -> pd.DataFrame:
 def _rank_by_members(prepared, blocks, by, metric, query_ids) -> pd.DataFrame:
     per_class: dict = {}
     for ids, vectors, labels in _finite_blocks(blocks):
-        distances = pairwise_distances(prepared, prepare_vectors(vectors, metric), metric)
+        distances = pairwise_distances(prepared, prepare(vectors, metric), metric)
         if query_ids is not None:
             distances[np.asarray(query_ids)[:, None] == ids[None, :]] = np.nan
         for label, members in _members_by_label(labels):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,14 +32,16 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-from ..distance import check_metric, paired_distances, pairwise_distances
+from ..choices import INDEX_KINDS, check_choice
+from ..distance import check_metric, paired_distances, pairwise_distances, prepare
 from ..errors import ActdbError
-from .metrics import faiss_metric_type, prepare_queries, prepare_vectors, reported_distances
+from ..files import atomic_path
+from .metrics import faiss_metric_type, prepare_queries, reported_distances
 
 Blocks = Iterable[tuple[np.ndarray, np.ndarray]]
 ReadRows = Callable[[np.ndarray], np.ndarray]
 
-KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+KINDS = INDEX_KINDS
 RECALL_K = 10
 DEFAULT_RECALL_TARGET = 0.95
 DEFAULT_EVAL_QUERIES = 500
@@ -108,7 +109,7 @@ def bytes_per_row(kind: str, dim: int) -> int:
         "hnsw": 4 * dim + 8 * HNSW_NEIGHBOURS + 16,  # level-0 links + levels/offsets
         "ivfpq": _pq_bytes(dim) + 16,
     }
-    return vector_bytes[_checked_kind(kind)] + ID_BYTES_PER_ROW
+    return vector_bytes[checked_kind(kind)] + ID_BYTES_PER_ROW
 
 
 def choose_kind(
@@ -158,7 +159,7 @@ def build_index(
     """
     check_metric(metric)
     started = time.perf_counter()
-    if _checked_kind(kind) == "flat":
+    if checked_kind(kind) == "flat":
         index = faiss.index_factory(dim, "IDMap2,Flat", faiss_metric_type(metric))
         n_rows, n_skipped = _add_blocks(index, blocks, metric)
         tuning = _EXACT_TUNING
@@ -186,18 +187,8 @@ def add_to_index(index: faiss.Index, blocks: Blocks, metric: str) -> tuple[int, 
 
 def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        faiss.write_index(index, temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        faiss.write_index(index, str(temporary))
 
 
 def load_index(path: str | os.PathLike) -> faiss.Index:
@@ -285,10 +276,8 @@ def search(
 # --- building -----------------------------------------------------------------------
 
 
-def _checked_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise ActdbError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)} (or auto)")
-    return kind
+def checked_kind(kind: str) -> str:
+    return check_choice("kind", kind, KINDS, "index kind")
 
 
 def _check_index_metric(index: faiss.Index, metric: str) -> None:
@@ -348,7 +337,7 @@ def _train(index: faiss.Index, kind: str, trainable_ids: np.ndarray, read_rows: 
     if kind == "ivfpq":
         n_train = max(n_train, PQ_TRAIN_ROWS)
         ivf.do_polysemous_training = False  # the factory's default; costly and unused here
-    index.train(prepare_vectors(read_rows(np.sort(trainable_ids[:n_train])), metric))
+    index.train(prepare(read_rows(np.sort(trainable_ids[:n_train])), metric))
     ivf.make_direct_map()
 
 
@@ -361,7 +350,7 @@ def _add_blocks(index, blocks: Blocks, metric: str, on_added=None) -> tuple[int,
         if vectors.ndim != 2 or vectors.shape != (len(ids), index.d):
             raise ActdbError(f"a block has vectors of shape {vectors.shape} for {len(ids)} ids of dimension {index.d}")
         finite = np.isfinite(vectors).all(axis=1)
-        ids, rows = ids[finite], prepare_vectors(vectors[finite], metric)
+        ids, rows = ids[finite], prepare(vectors[finite], metric)
         present = _claim_ids(present, ids)
         index.add_with_ids(rows, ids)
         if on_added is not None:

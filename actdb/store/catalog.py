@@ -118,7 +118,7 @@ CREATE TABLE IF NOT EXISTS optimized_images (
     unit INTEGER NOT NULL,         -- channel, or class index for logits
     objective VARCHAR NOT NULL,    -- channel | neuron | logit
     sign TINYINT NOT NULL,         -- +1 maximized, -1 minimized (--negative)
-    method VARCHAR NOT NULL,       -- fft | seed | pattern
+    method VARCHAR NOT NULL,       -- fft | pixel | pattern
     seed BIGINT NOT NULL,
     diversity_index INTEGER NOT NULL,
     params JSON NOT NULL,          -- every parameter; the same name with other params is refused

@@ -17,6 +17,7 @@ from ..errors import ActdbError
 from . import arrays
 from .catalog import CATALOG_FILE, INDEX_DIR, Catalog, missing_store_message
 from .locks import writer_lock
+from .stored_array import StoredArray
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _inspect(db):
     problems: list[Problem] = []
     fixes = _Fixes([], [], [], [])
     checked = {"arrays": 0, "chunks": 0, "rows": 0, "indexes": 0}
-    for array in db.arrays().itertuples():
+    for array in db.arrays():
         checked["arrays"] += 1
         _check_array(db, array, problems, fixes, checked)
     _check_indexes(db, problems, fixes, checked)
@@ -84,20 +85,21 @@ def _drop_indexes_of_unmarked_rows(db, fixes) -> None:
     queries would keep answering with them. Drop it; `actdb index` rebuilds after the ingest."""
     unmarked = {array_id for array_id, _ in fixes.unmark}
     for row in db.sql("SELECT array_id, metric, file FROM indexes").itertuples():
-        if int(row.array_id) in unmarked and (int(row.array_id), row.metric) not in fixes.drop_indexes:
-            fixes.drop_indexes.append((int(row.array_id), row.metric))
+        array_id = int(row.array_id)
+        if array_id in unmarked and (array_id, row.metric) not in fixes.drop_indexes:
+            fixes.drop_indexes.append((array_id, row.metric))
             fixes.delete_files.append(db.path / INDEX_DIR / row.file)
 
 
-def _check_array(db, array, problems, fixes, checked) -> None:
-    done = db.done_ids(array.array_id)
+def _check_array(db, array: StoredArray, problems, fixes, checked) -> None:
+    done = db.done_ids(array)
     try:
         zarr_array = arrays.open_array(db.path, array.zarr_path)
     except arrays.MissingArray:
         problems.append(Problem("missing array", array.zarr_path, f"{arrays.ZARR_DIR}/{array.zarr_path} is gone",
                                 len(done)))
-        fixes.drop_arrays.append(int(array.array_id))
-        for index in db.sql("SELECT file FROM indexes WHERE array_id = ?", [int(array.array_id)]).itertuples():
+        fixes.drop_arrays.append(array.id)
+        for index in db.sql("SELECT file FROM indexes WHERE array_id = ?", [array.id]).itertuples():
             fixes.delete_files.append(db.path / INDEX_DIR / index.file)  # an index of rows that are gone
         return
     if zarr_array.shape[1] != array.channels or str(zarr_array.dtype) != array.dtype:
@@ -109,7 +111,7 @@ def _check_array(db, array, problems, fixes, checked) -> None:
     if len(beyond):
         problems.append(Problem("rows beyond the array", array.zarr_path,
                                 f"{len(beyond)} done rows past its {zarr_array.shape[0]} rows", len(beyond)))
-        fixes.unmark.append((int(array.array_id), beyond))
+        fixes.unmark.append((array.id, beyond))
     for start, part in arrays.chunk_groups(done[done < zarr_array.shape[0]], zarr_array.chunks[0]):
         checked["chunks"] += 1
         checked["rows"] += len(part)
@@ -123,14 +125,14 @@ def _check_chunk(array, zarr_array, start, part, problems, fixes) -> None:
         block = arrays.read_done_chunk(zarr_array, start, int(part[-1]) + 1)
     except arrays.DamagedChunk as exc:
         problems.append(Problem("missing chunk" if exc.missing else "corrupt chunk", array.zarr_path, where, len(part)))
-        fixes.unmark.append((int(array.array_id), part))
+        fixes.unmark.append((array.id, part))
         if not exc.missing:
             fixes.delete_files.append(arrays.chunk_file(zarr_array, chunk))
         return
     bad = part[~np.isfinite(block[part - start]).all(axis=1)]
     if len(bad):
         problems.append(Problem("NaN rows", array.zarr_path, f"{where}: ids {bad[:5].tolist()}", len(bad)))
-        fixes.unmark.append((int(array.array_id), bad))
+        fixes.unmark.append((array.id, bad))
 
 
 def _check_indexes(db, problems, fixes, checked) -> None:

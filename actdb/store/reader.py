@@ -2,6 +2,7 @@
 notebook API (`actdb.Database`) adds the feature methods on top of it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -10,11 +11,19 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from .. import imagenet, weightspec
 from ..errors import ActdbError
 from . import arrays
 from .catalog import Catalog
+from .stored_array import StoredArray
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+ARRAYS_QUERY = """
+SELECT a.id, m.name AS model, m.weights, m.weights_digest, a.layer, a.reduce, a.channels, a.dtype, a.precision,
+       a.resize, a.zarr_path, (SELECT count(*) FROM done d WHERE d.array_id = a.id) AS rows_done,
+       m.id AS model_id, m.preprocess, m.input_size, m.model_path, m.weights_path
+FROM arrays a JOIN models m ON m.id = a.model_id ORDER BY a.id
+"""
 
 
 def store_path(path: str | Path | None) -> Path:
@@ -52,7 +61,7 @@ class Store:
 
         `memoize`: reuse the answer while the catalog is unchanged (for small, repeated lookups)."""
         if memoize:
-            return self.memoized(("sql", query, tuple(params or ())), lambda: self.sql(query, params)).copy()
+            return self.memoized(("sql", query, repr(params)), lambda: self.sql(query, params)).copy()
         try:
             statements = duckdb.extract_statements(query)
         except duckdb.Error as exc:
@@ -80,54 +89,60 @@ class Store:
                          memoize=True)
         return bool(found.n[0])
 
-    def images(self, classes: list[str] | None = None) -> pd.DataFrame:
-        where, params = _class_filter(classes)
+    def images(self, classes: str | list[str] | None = None) -> pd.DataFrame:
+        where, params = _class_filter(self.class_labels(classes))
         return self.sql(f"SELECT * FROM images {where} ORDER BY id", params)
 
-    def arrays(self) -> pd.DataFrame:
-        return self.sql("SELECT * FROM array_list ORDER BY array_id", memoize=True)
+    def arrays(self) -> list[StoredArray]:
+        """Every stored array, in the order they were made."""
+        return list(self.memoized("arrays", self._read_arrays))
+
+    def _read_arrays(self) -> tuple[StoredArray, ...]:
+        frame = self.sql(ARRAYS_QUERY)
+        return tuple(StoredArray(**{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v)
+                                    for k, v in row.items()}) for row in frame.to_dict("records"))
 
     def errors(self) -> pd.DataFrame:
         return self.sql("SELECT * FROM errors ORDER BY logged_at")
 
-    def find_array(self, model: str | None, layer: str | None, reduce: str = "mean",
-                   weights: str | None = None) -> pd.Series:
+    def array(self, model: str | None = None, layer: str | None = None, *, reduce: str = "mean",
+              weights: str | None = None) -> StoredArray:
         """The one stored array that fits; model and layer may be left out when only one fits."""
-        table = self.arrays()
-        match = table[table.reduce == reduce]
-        for column, value in (("model", model), ("layer", layer), ("weights", stored_weights(weights))):
-            if value is not None:
-                match = match[match[column] == value]
+        stored = self.arrays()
+        wanted_weights = weightspec.recorded(weights)
+        match = [a for a in stored if a.reduce == reduce and (model is None or a.model == model)
+                 and (layer is None or a.layer == layer) and (weights is None or a.weights == wanted_weights)]
         wanted = f"{model or '?'}/{layer or '?'}/{reduce}" + (f" ({weights} weights)" if weights else "")
-        if match.empty:
-            choices = _choices(table, ["model", "layer", "reduce", "weights"])
+        if not match:
+            choices = _choices(stored, ["model", "layer", "reduce", "weights"])
             raise ActdbError(f"no stored array {wanted} in {self.path}; stored arrays: {choices[0]}",
                              f"no stored array {wanted} in {self.path}; stored arrays: {choices[1]}")
         if len(match) > 1:
-            differing = [c for c in ("model", "layer", "reduce", "weights") if match[c].nunique() > 1]
+            differing = [c for c in ("model", "layer", "reduce", "weights")
+                         if len({getattr(a, c) for a in match}) > 1]
             choices = _choices(match, ["model", "layer", *differing])
             raise ActdbError(f"several stored arrays fit {wanted}: name one of {choices[0]}",
                              f"several stored arrays fit {wanted}: name one of {choices[1]}")
-        return match.iloc[0]
+        return match[0]
 
-    def done_ids(self, array_id: int, classes: list[str] | None = None) -> np.ndarray:
-        where, params = _class_filter(classes, prefix="AND")
+    def done_ids(self, array: StoredArray, classes: str | list[str] | None = None) -> np.ndarray:
+        """The image ids with a row in `array` (only those of `classes`), ascending."""
+        where, params = _class_filter(self.class_labels(classes, array), prefix="AND")
         frame = self.sql(
             f"SELECT d.image_id FROM done d JOIN images ON images.id = d.image_id "
             f"WHERE d.array_id = ? {where} ORDER BY d.image_id",
-            [int(array_id), *params],
+            [array.id, *params],
         )
         return frame["image_id"].to_numpy(np.int64)
 
-    def activations(self, model: str, layer: str, reduce: str = "mean", ids=None, classes: list[str] | None = None,
-                    weights: str | None = None, return_ids: bool = False):
+    def activations(self, model: str | None = None, layer: str | None = None, *, reduce: str = "mean", ids=None,
+                    classes: str | list[str] | None = None, weights: str | None = None, return_ids: bool = False):
         """Stored vectors as float32 (n, channels), row k for image ids[k].
 
         Without `ids`: every image done for this array (optionally only `classes`), in id order.
         """
-        info = self.find_array(model, layer, reduce, weights)
-        classes = self._known_classes(classes)
-        done = self.done_ids(info.array_id, classes)
+        array = self.array(model, layer, reduce=reduce, weights=weights)
+        done = self.done_ids(array, classes)
         if ids is None:
             ids = done
         else:
@@ -135,22 +150,49 @@ class Store:
             missing = ids[~np.isin(ids, done)]
             if len(missing):
                 raise ActdbError(f"{len(missing)} of the requested images (e.g. id {missing[0]}) have no "
-                                 f"{model}/{layer} activations yet: ingest them first")
-        values = arrays.read_rows(arrays.open_array(self.path, info.zarr_path), ids)
+                                 f"{array.name} activations yet: ingest them first")
+        values = self.rows(array, ids)
         return (ids, values) if return_ids else values
 
-    def _known_classes(self, classes: str | list[str] | None) -> list[str] | None:
-        """A class (label or wnid) or a list of them; one that no image has is an error, not an empty result."""
+    def rows(self, array: StoredArray, ids) -> np.ndarray:
+        """Rows `ids` (done) of `array` as float32, in the order given."""
+        return arrays.read_rows(arrays.open_array(self.path, array.zarr_path), np.asarray(ids, dtype=np.int64))
+
+    def class_labels(self, classes: str | list[str] | None, array: StoredArray | None = None) -> list[str] | None:
+        """Classes as stored labels: a label, a wnid or an ImageNet name each (a string is one class).
+        With `array`, each must have rows in it. A class no image has is an error, not an empty result."""
         if classes is None:
             return None
-        classes = [classes] if isinstance(classes, str) else list(classes)
-        known = self.sql("SELECT DISTINCT label AS c FROM images WHERE label IS NOT NULL UNION "
-                         "SELECT DISTINCT wnid FROM images WHERE wnid IS NOT NULL", memoize=True).c
-        unknown = sorted(set(classes) - set(known))
-        if unknown:
-            sample = ", ".join(sorted(known)[:8]) or "none: no image has a label"
-            raise ActdbError(f"no stored image has class {', '.join(map(repr, unknown))}; classes: {sample}")
-        return classes
+        names = [classes] if isinstance(classes, str) else list(classes)
+        if not all(isinstance(name, str) and name.strip() for name in names) or not names:
+            raise ActdbError(f"classes {classes!r}: give class names (labels, wnids or ImageNet names)")
+        return list(dict.fromkeys(self.class_label(name, array) for name in names))
+
+    def class_label(self, name: str, array: StoredArray | None = None) -> str:
+        """One class as its stored label (see `class_labels`)."""
+        labels = self.labels(array)
+        if name in labels:
+            return name
+        wnids = [name]
+        with contextlib.suppress(ActdbError):
+            wnids.append(imagenet.resolve(name).wnid)  # an ImageNet name, however spelled
+        found = self.sql("SELECT DISTINCT label FROM images WHERE wnid IN (SELECT unnest(?::VARCHAR[])) "
+                         "AND label IS NOT NULL", [wnids], memoize=True)
+        if len(found) == 1 and found.label[0] in labels:
+            return found.label[0]
+        shown = ", ".join(labels[:12]) + (" ..." if len(labels) > 12 else "")
+        where = f"rows in {array.describe()}" if array is not None else "images in this store"
+        raise ActdbError(f"class {name!r} has no {where}; stored classes: {shown or 'none: no image has a label'}")
+
+    def labels(self, array: StoredArray | None = None) -> list[str]:
+        """The labels with at least one stored row (in `array`, or in any array), sorted."""
+        if array is None:
+            query, params = "SELECT DISTINCT label FROM images WHERE label IS NOT NULL ORDER BY 1", []
+        else:
+            query = ("SELECT DISTINCT i.label FROM done d JOIN images i ON i.id = d.image_id "
+                     "WHERE d.array_id = ? AND i.label IS NOT NULL ORDER BY 1")
+            params = [array.id]
+        return self.sql(query, params, memoize=True).label.tolist()
 
     def info(self) -> dict:
         """What is stored: counts, models, arrays, classes, errors, size on disk."""
@@ -205,30 +247,17 @@ def _shown_status(status: str, pid, host) -> str:
     return status
 
 
-def stored_weights(weights: str | None) -> str | None:
-    """Weights as the user writes them (`random:1`) to the form the catalog stores (`random:seed=1`)."""
-    if weights is None or not (weights == "random" or weights.startswith("random:")):
-        return weights
-    seed = weights.partition(":")[2].removeprefix("seed=") or "0"
-    return f"random:seed={seed}"
-
-
-def _as_given(weights: str) -> str:
-    return weights.replace("random:seed=", "random:")
-
-
-def _choices(table: pd.DataFrame, columns: list[str]) -> tuple[str, str]:
+def _choices(stored: list[StoredArray], columns: list[str]) -> tuple[str, str]:
     """Arrays as keyword arguments and as command-line options, "none yet" when there are none."""
     api, cli = [], []
-    for row in table.itertuples():
-        values = {c: _as_given(getattr(row, c)) if c == "weights" else getattr(row, c) for c in columns}
+    for array in stored:
+        values = {c: array.selection()[c] for c in columns}
         api.append("(" + ", ".join(f"{c}={v!r}" for c, v in values.items()) + ")")
         cli.append(" ".join(f"--{c} {v}" for c, v in values.items()))
     return (" or ".join(api) or "none yet"), (" | ".join(cli) or "none yet")
 
 
-def _class_filter(classes: list[str] | None, prefix: str = "WHERE") -> tuple[str, list]:
-    if not classes:
+def _class_filter(labels: list[str] | None, prefix: str = "WHERE") -> tuple[str, list]:
+    if labels is None:
         return "", []
-    marks = ", ".join("?" for _ in classes)
-    return f"{prefix} (images.label IN ({marks}) OR images.wnid IN ({marks}))", [*classes, *classes]
+    return f"{prefix} images.label IN (SELECT unnest(?::VARCHAR[]))", [labels]

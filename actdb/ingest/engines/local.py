@@ -2,49 +2,56 @@
 background writer thread for chunks and catalog commits."""
 from __future__ import annotations
 
-import sys
-import time
+import threading
 
 import numpy as np
 
 from .. import pipeline, writer
+from ..plan import IngestSummary, Plan, execute
 
 
-def run(plan, extractor, progress: bool):
-    from tqdm import tqdm
+class LocalEngine:
+    name = "local"
 
-    from ..run import IngestSummary
+    def __init__(self):
+        self._warm_up: threading.Thread | None = None
 
-    catalog, run_id, todo, todo_paths = plan.catalog, plan.run_id, plan.todo, plan.todo_paths
-    dataset = pipeline.image_dataset(todo, todo_paths, extractor.input_size, plan.options.resize,
-                                     extractor.batch_size)
-    store_writer = writer.StoreWriter(catalog, run_id, plan.targets, plan.model_id, plan.options.predictions,
-                                      commit_seconds=plan.options.commit_seconds)
-    bar = tqdm(total=len(todo), unit="img", disable=not progress or len(todo) == 0, file=sys.stderr,
-               dynamic_ncols=True, smoothing=0.1)
-    expected = 0  # position in todo: ids that never came out of the pipeline failed to decode
-    status = "failed"
-    start = time.monotonic()
-    try:
-        for batch in dataset:
-            batch_ids = batch["id"].numpy()
-            expected = _report_dropped(store_writer, todo, todo_paths, expected, batch_ids)
-            outputs = extractor(batch["pixels"])
-            store_writer.put(writer.Batch(batch_ids, batch["fingerprint"].numpy(), batch["height"].numpy(),
-                                          batch["width"].numpy(), outputs))
-            bar.update(len(batch_ids))
-        _report_dropped(store_writer, todo, todo_paths, expected, None)
-        status = "done"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        bar.close()
-        store_writer.close()
-        seconds = time.monotonic() - start
-        plan.finish(status, store_writer.ingested, seconds)
-    return IngestSummary(run_id, plan.listed, store_writer.ingested, plan.skipped,
-                         store_writer.failed + plan.previously_failed, seconds, [t.layer for t in plan.targets])
+    def default_batch_size(self, input_size: int) -> int:
+        from ...models import forward
+
+        return forward.default_batch_size(input_size, forward.default_strategy())
+
+    def start(self, extractor) -> None:
+        """Tracing overlaps the weights digest and the catalog registration."""
+        self._warm_up = threading.Thread(target=extractor.warm_up, name="actdb-trace", daemon=True)
+        self._warm_up.start()
+
+    def run(self, plan: Plan, loaded, extractor, progress: bool) -> IngestSummary:
+        if self._warm_up is not None:
+            self._warm_up.join()
+        todo, todo_paths = plan.todo, plan.todo_paths
+        dataset = pipeline.image_dataset(todo, todo_paths, extractor.input_size, plan.options.resize,
+                                         extractor.batch_size)
+        store_writer = writer.StoreWriter(plan.catalog, plan.run_id, plan.targets, plan.model_id,
+                                          plan.options.predictions, commit_seconds=plan.options.commit_seconds)
+
+        def body(advance):
+            expected = 0  # position in todo: ids that never came out of the pipeline failed to decode
+            for batch in dataset:
+                batch_ids = batch["id"].numpy()
+                expected = _report_dropped(store_writer, todo, todo_paths, expected, batch_ids)
+                outputs = extractor(batch["pixels"])
+                store_writer.put(writer.Batch(batch_ids, batch["fingerprint"].numpy(), batch["height"].numpy(),
+                                              batch["width"].numpy(), outputs))
+                advance(len(batch_ids))
+            _report_dropped(store_writer, todo, todo_paths, expected, None)
+
+        summary, _ = execute(plan, store_writer, body, progress, self.name)
+        return summary
+
+
+def connect(options) -> LocalEngine:
+    return LocalEngine()
 
 
 def _report_dropped(store_writer, todo, todo_paths, expected: int, batch_ids) -> int:

@@ -34,9 +34,9 @@ import pandas as pd
 from ...errors import ActdbError
 from ...store import arrays
 from .. import writer
+from ..plan import IngestSummary, Plan, execute
 
 INSTALL = "pip install 'actdb[ray]'"
-DIE_ONCE_ENV = "ACTDB_TEST_RAY_WORKER_DIES_ONCE"  # tests: a marker path; a worker that finds it absent dies once
 
 
 def import_ray():
@@ -49,23 +49,28 @@ def import_ray():
 
 
 @dataclass
-class Cluster:
+class RayEngine:
     """A connected Ray and the pool this ingest asks of it."""
 
     workers: int
     cpus_per_worker: float
     gpus_per_worker: float
+    name = "ray"
+    worker_class = None  # the actor class: ShardWorker (tests put a subclass here)
 
     def default_batch_size(self, input_size: int) -> int:
         from ...models import forward
 
         return forward.batch_size_for(input_size, int(self.gpus_per_worker))
 
-    def run(self, plan, loaded, progress: bool):
+    def start(self, extractor) -> None:
+        """Nothing to overlap: the workers trace their own model."""
+
+    def run(self, plan: Plan, loaded, extractor, progress: bool) -> IngestSummary:
         return _run(self, plan, loaded, progress)
 
 
-def connect(options) -> Cluster:
+def connect(options) -> RayEngine:
     """Join `--address` / RAY_ADDRESS, a Ray already started in this process, or start one here."""
     ray = import_ray()
     _leave_gpus_to_workers()
@@ -85,7 +90,7 @@ def connect(options) -> Cluster:
         if workers * per_worker > available:
             raise ActdbError(f"--workers {workers} x --{name}-per-worker {per_worker:g} needs {workers * per_worker:g} "
                              f"{name.upper()[:-1]}s; the Ray cluster has {available:g}: ask for fewer")
-    return Cluster(workers, cpus_per_worker, gpus_per_worker)
+    return RayEngine(workers, cpus_per_worker, gpus_per_worker)
 
 
 def _leave_gpus_to_workers() -> None:
@@ -116,7 +121,6 @@ class WorkerSpec:
     resize: str
     zarr_paths: tuple[str, ...]  # one per target, in the plan's order
     threads: int
-    die_once: str | None
 
 
 class ShardWorker:
@@ -157,7 +161,6 @@ class ShardWorker:
             arrays.write_rows(array, rows_ids, rows.astype(array.dtype))
             errors.extend(overflow)
             done.append(rows_ids)
-        self._die_once_if_asked()
         batch.outputs = {k: v for k, v in batch.outputs.items() if k in ("top_index", "top_prob")}
         return {"batch": batch, "done": done, "errors": errors, "worker": self.name, "ready_at": self.ready_at,
                 "seconds": time.perf_counter() - start}
@@ -181,55 +184,36 @@ class ShardWorker:
                                                                                       "heights", "widths")),
                             {k: np.concatenate([p.outputs[k] for p in parts]) for k in parts[0].outputs})
 
-    def _die_once_if_asked(self) -> None:
-        """Tests: die after writing a shard's chunks, before the driver hears of them."""
-        marker = self.spec.die_once
-        if marker and not os.path.exists(marker):
-            Path(marker).touch()
-            os._exit(1)
 
-
-def _run(cluster: Cluster, plan, loaded, progress: bool):
-    from tqdm import tqdm
-
+def _run(engine: RayEngine, plan: Plan, loaded, progress: bool) -> IngestSummary:
     from ...models import weights_digest
-    from ..run import IngestSummary
 
     ray = import_ray()
     shards = plan.shards()
     committer = _Committer(plan)
-    bar = tqdm(total=len(plan.todo), unit="img", disable=not progress or len(plan.todo) == 0, file=sys.stderr,
-               dynamic_ncols=True, smoothing=0.1)
-    status, start = "failed", time.time()
-    try:
-        if shards:
-            check_store(ray, plan.store)
-            spec = WorkerSpec(str(plan.store), plan.options.model, plan.options.weights, plan.options.precision,
-                              plan.options.preprocess, weights_digest(loaded.keras_model),
-                              tuple(t.layer for t in plan.targets), plan.options.reduce, plan.batch_size,
-                              plan.options.predictions, plan.options.resize,
-                              tuple(t.zarr_array.path for t in plan.targets), max(1, int(cluster.cpus_per_worker)),
-                              os.environ.get(DIE_ONCE_ENV))
+
+    def body(advance):
+        if not shards:
+            return
+        check_store(ray, plan.store)
+        spec = WorkerSpec(str(plan.store), plan.options.model, plan.options.weights, plan.options.precision,
+                          plan.options.preprocess, weights_digest(loaded.keras_model),
+                          tuple(t.layer for t in plan.targets), plan.options.reduce, plan.batch_size,
+                          plan.options.predictions, plan.options.resize,
+                          tuple(t.zarr_array.path for t in plan.targets), max(1, int(engine.cpus_per_worker)))
+        try:
             with contextlib.redirect_stdout(sys.stderr):  # Ray prints worker deaths to stdout: keep it for results
-                for result in _execute(ray, cluster, spec, _work(plan, shards)):
+                for result in _execute(ray, engine, spec, _work(plan, shards)):
                     committer.add(result)
-                    bar.update(len(result["batch"].ids) + len(result["errors"]))
-        status = "done"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except ray.exceptions.RayError as exc:
-        raise ActdbError(f"the Ray workers failed: {_last_line(exc)}") from None
-    finally:
-        bar.close()
-        committer.flush()  # what came back is written: record it whatever happens next
-        seconds = time.time() - start
-        plan.finish(status, committer.ingested, seconds)
+                    advance(len(result["batch"].ids) + len(result["errors"]))
+        except ray.exceptions.RayError as exc:
+            raise ActdbError(f"the Ray workers failed: {_last_line(exc)}") from None
+
+    summary, started = execute(plan, committer, body, progress, engine.name)
     ready = [w["ready_at"] for w in committer.workers.values()]
-    return IngestSummary(plan.run_id, plan.listed, committer.ingested, plan.skipped,
-                         committer.failed + plan.previously_failed, seconds, [t.layer for t in plan.targets],
-                         engine="ray", startup_seconds=max(0.0, min(ready) - start) if ready else 0.0,
-                         workers=committer.worker_table())
+    summary.startup_seconds = max(0.0, min(ready) - started) if ready else 0.0
+    summary.workers = committer.worker_table()
+    return summary
 
 
 def _work(plan, shards: list[slice]) -> list[bytes]:
@@ -241,7 +225,7 @@ def _work(plan, shards: list[slice]) -> list[bytes]:
     return work
 
 
-def _execute(ray, cluster: Cluster, spec: WorkerSpec, work: list[bytes]):
+def _execute(ray, engine: RayEngine, spec: WorkerSpec, work: list[bytes]):
     """Results of the shards, as they complete."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours is the one bar
@@ -250,13 +234,13 @@ def _execute(ray, cluster: Cluster, spec: WorkerSpec, work: list[bytes]):
     rows = [{"shard": k, "work": shard} for k, shard in enumerate(work)]
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))  # one block, one task per shard
     dataset = dataset.map_batches(
-        ShardWorker,
+        engine.worker_class or ShardWorker,
         fn_constructor_kwargs={"spec": spec},
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=min(cluster.workers, len(work))),
-        num_cpus=cluster.cpus_per_worker,
-        num_gpus=cluster.gpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=min(engine.workers, len(work))),
+        num_cpus=engine.cpus_per_worker,
+        num_gpus=engine.gpus_per_worker,
     )
     for row in dataset.iter_rows():
         yield pickle.loads(row["result"])
@@ -292,6 +276,9 @@ class _Committer:
         worker["seconds"] += result["seconds"]
         if time.monotonic() - self._last >= self.plan.options.commit_seconds:
             self.flush()
+
+    def close(self) -> None:
+        self.flush()
 
     def flush(self) -> None:
         if not (self._images or self._errors):

@@ -1,0 +1,81 @@
+"""What is in a store and whether it is sound: info, sql, check."""
+from __future__ import annotations
+
+import click
+import pandas as pd
+
+from ..errors import ActdbError
+from . import cli
+from .options import json_option
+from .output import emit, table
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def info(session, as_json):
+    """What the store holds: images, classes, models, arrays, errors, size on disk."""
+    summary = session.db().info()
+
+    def text():
+        click.echo(f"store {summary['store']}: {summary['images']} images stored, {summary['classes']} classes, "
+                   f"{summary['failed_images']} images failed ({summary['errors']} errors), "
+                   f"{summary['bytes_on_disk'] / 1e6:.1f} MB on disk")
+        for title in ("sources", "models", "arrays", "top_classes", "runs"):
+            click.echo(f"\n{title.replace('_', ' ')}:")
+            table(pd.DataFrame(summary[title]))
+
+    emit(summary, as_json, text)
+
+
+@cli.command()
+@click.argument("query")
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Rows as CSV.")
+@click.pass_obj
+def sql(session, query, as_json, as_csv):
+    """Read-only SQL on the catalog (tables: images, models, arrays, runs, done,
+    predictions, errors, indexes, class_centroids, imagenet_classes, optimized_images,
+    optimized_vectors, unit_stats; view: array_list). One statement; it reaches only the
+    catalog (no files, URLs or extensions).
+
+    \b
+    actdb sql "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY n DESC"
+    """
+    if as_json and as_csv:
+        raise ActdbError("give --json or --csv, not both")
+    frame = session.db().sql(query)
+    if as_csv:
+        click.echo(frame.to_csv(index=False), nl=False)
+        return
+    emit(frame, as_json, lambda: table(frame))
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Unmark the rows of damaged chunks (the same ingest then recomputes "
+              "them) and drop broken or stale index files.")
+@json_option
+@click.pass_context
+def check(ctx, repair, as_json):
+    """Verify the store: every done row's chunk exists and decodes, no NaN in done rows, arrays
+    and catalog agree on shapes, index files match their records. Exit 1 if something is wrong.
+
+    \b
+    actdb check
+    actdb check --repair && actdb ingest SOURCE ...   # recompute what was lost
+    """
+    report = ctx.obj.db().check(repair=repair)
+
+    def text():
+        counts = ", ".join(f"{n} {what}" for what, n in report["checked"].items())
+        n = len(report["problems"])
+        click.echo(f"checked {counts}: " + ("no problems" if report["ok"] else f"{n} problem{'s' * (n > 1)}"))
+        if report["problems"]:
+            table(pd.DataFrame(report["problems"]))
+        for action in report["repaired"]:
+            click.echo(f"repaired: {action}")
+
+    emit(report, as_json, text)
+    if any(not (repair and p["repairable"]) for p in report["problems"]):
+        ctx.exit(1)
+
