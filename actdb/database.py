@@ -300,7 +300,7 @@ class Database(Store):
             _save(lambda plots: plots.map_figure(frame), plot)
         return frame
 
-    def top_images(self, unit: int, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+    def top_images(self, *, unit: int, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                    weights: str | None = None, k: int = 16, bottom: bool = False, where: str | None = None,
                    montage: str | Path | None = None) -> pd.DataFrame:
         """The k stored images that excite (`bottom`: suppress) a unit most, streamed over the array."""
@@ -314,7 +314,7 @@ class Database(Store):
             _save(lambda plots: plots.montage_figure(frame), montage)
         return frame
 
-    def top_classes(self, unit: int, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
+    def top_classes(self, *, unit: int, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                     weights: str | None = None, by: str = "mean", top: int = 10, k: int = 100,
                     plot: str | Path | None = None) -> pd.DataFrame:
         """Classes ranked by a unit's mean or median over their members, or their share of its top k images."""

@@ -60,15 +60,52 @@ def imagenet_tree(tmp_path) -> Path:
     return make_imagenet_tree(tmp_path / "train", per_class=4)
 
 
+def invoke(*args):
+    """The CLI in-process, arguments as strings; returns the click Result."""
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
 @pytest.fixture
 def run_cli():
-    """Invoke the CLI in-process; returns the click Result."""
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
     return invoke
+
+
+def one_line_error(result, *fragments) -> str:
+    """A user mistake: exit code 1, one line (`Error: ...`) naming each fragment, no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+TINY_PER_CLASS = 10  # the shared tiny store: 3 classes x 10 images
+
+
+@pytest.fixture(scope="session")
+def tiny_store_template(tmp_path_factory, tiny_model_path) -> Path:
+    """Built once per session: the tiny model's conv2 (mean and max) and fc (mean) over
+    3 x 10 labelled images. Tests use a copy (`tiny_store`), never this one."""
+    root = tmp_path_factory.mktemp("tiny-store")
+    source = make_imagenet_tree(root / "train", per_class=TINY_PER_CLASS, seed=11)
+    store = root / "store"
+    for layers, reduce in (("conv2,fc", "mean"), ("conv2", "max")):
+        result = invoke("--store", store, "ingest", source, "--model", tiny_model_path, "--preprocess", "tf",
+                        "--layers", layers, "--reduce", reduce, "--quiet")
+        assert result.exit_code == 0, result.output
+    return store
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tiny_store_template, tmp_path_factory) -> Path:
+    """A module's own copy of the shared tiny store: it may add indexes and caches."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp("store-copy") / "store"
+    shutil.copytree(tiny_store_template, copy)
+    return copy
 
 
 @pytest.fixture(scope="module")

@@ -12,28 +12,16 @@ from PIL import Image
 from scipy.spatial.distance import cdist, pdist
 
 import actdb
-from conftest import make_imagenet_tree
+from conftest import TINY_PER_CLASS, make_imagenet_tree, one_line_error
 
 ARRAY = ["--model", "tiny", "--layer", "conv2"]
-PER_CLASS = 10  # 3 classes
+PER_CLASS = TINY_PER_CLASS  # 3 classes: the shared tiny store
 SCIPY = {"l2": "euclidean", "cosine": "cosine", "correlation": "correlation"}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_model_path):
-    from click.testing import CliRunner
-
-    from actdb.cli import cli
-
-    root = tmp_path_factory.mktemp("analytics")
-    source = make_imagenet_tree(root / "train", per_class=PER_CLASS, seed=11)
-    store = root / "store"
-    for reduce in ("mean", "max"):
-        result = CliRunner().invoke(cli, ["--store", str(store), "ingest", str(source), "--model",
-                                          str(tiny_model_path), "--preprocess", "tf", "--layers", "conv2",
-                                          "--reduce", reduce, "--quiet"])
-        assert result.exit_code == 0, result.output
-    return store
+def store(tiny_store):
+    return tiny_store
 
 
 def stored(store, reduce="mean"):
@@ -55,14 +43,6 @@ def assert_statistics(row: dict, values) -> None:
     assert row["n"] == expected.pop("n")
     for name, value in expected.items():
         assert row[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
-
-
-def one_line_error(result, *fragments) -> None:
-    assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def assert_png(path, min_side=300) -> None:
@@ -359,8 +339,8 @@ def test_bad_input_is_a_one_line_error(store, run_cli, tmp_path):
     one_line_error(run_cli(*s, "profile", tmp_path / "missing.jpg", *ARRAY), "is not a file")
     one_line_error(run_cli(*s, "map", *ARRAY, "--highlight", "id:999"), "id:999 is not in the store")
     one_line_error(run_cli(*s, "distances", "--model", "vgg19", "--layer", "conv2"), "no stored array vgg19/conv2")
-    one_line_error(run_cli(*s, "top-images", "--model", "tiny", "--layer", "fc", "--unit", 0),
-                   "no stored array tiny/fc")
+    one_line_error(run_cli(*s, "top-images", "--model", "tiny", "--layer", "conv1", "--unit", 0),
+                   "no stored array tiny/conv1")
     one_line_error(run_cli(*s, "distances", *ARRAY, "--per-class", 0), "--per-class must be at least 1")
     one_line_error(run_cli(*s, "map", *ARRAY, "--per-class", 0), "--per-class must be at least 1")
     one_line_error(run_cli(*s, "distances", *ARRAY, "--pairs", "some"), "--pairs")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SIZE, write_image
+from conftest import TINY_SIZE, one_line_error, write_image
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,7 @@ def test_weights_plot_is_a_sensible_png(run_cli, circuit_model, tmp_path):
 def test_bad_weights_input_is_one_line(run_cli, circuit_model, args, message):
     path, _ = circuit_model
     result = run_cli("weights", "--model", path, "--preprocess", "none", *args)
-    assert result.exit_code == 1 and message in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    one_line_error(result, message)
 
 
 def test_featuremaps_equal_a_direct_keras_forward_pass(run_cli, circuit_model, tmp_path):
@@ -154,8 +153,7 @@ def test_bad_featuremaps_input_is_one_line(run_cli, circuit_model, tmp_path, arg
     path, _ = circuit_model
     image = write_image(tmp_path / "img.png", np.random.default_rng(6))
     result = run_cli("featuremaps", image, "--model", path, "--preprocess", "none", *args)
-    assert result.exit_code == 1 and message in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    one_line_error(result, message)
 
 
 def test_featuremaps_id_query_without_a_store_is_one_line(run_cli, circuit_model, monkeypatch):

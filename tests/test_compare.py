@@ -11,7 +11,7 @@ from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
 
 import actdb
-from conftest import write_image
+from conftest import invoke, one_line_error, write_image
 from test_analytics_circuits import assert_sensible_png
 
 CLASSES = ["n01440764", "n01443537", "n01484850", "n02105056", "n02321529"]  # five ImageNet classes
@@ -20,19 +20,14 @@ LAYERS = ["conv1", "conv2", "fc"]
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_model_path):
-    from click.testing import CliRunner
-
-    from actdb.cli import cli
-
     root = tmp_path_factory.mktemp("compare")
     rng = np.random.default_rng(21)
     for wnid in CLASSES:
         for i in range(4):
             write_image(root / "train" / wnid / f"{wnid}_{i}.png", rng)
     store = root / "store"
-    result = CliRunner().invoke(cli, ["--store", str(store), "ingest", str(root / "train"), "--model",
-                                      str(tiny_model_path), "--preprocess", "tf", "--layers", ",".join(LAYERS),
-                                      "--quiet"])
+    result = invoke("--store", store, "ingest", root / "train", "--model", tiny_model_path, "--preprocess", "tf",
+                    "--layers", ",".join(LAYERS), "--quiet")
     assert result.exit_code == 0, result.output
     return store
 
@@ -144,8 +139,7 @@ def test_heatmap_is_a_sensible_png(run_cli, store, tmp_path):
 ])
 def test_bad_compare_input_is_one_line(run_cli, store, args, message):
     result = run_cli("--store", store, "compare", *args)
-    assert result.exit_code == 1 and message in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    one_line_error(result, message)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.distance import pdist
 
-from conftest import TINY_SIZE, write_image
+from conftest import TINY_SIZE, invoke, one_line_error, write_image
 from test_analytics_circuits import assert_sensible_png
 
 
@@ -25,13 +25,9 @@ def photo_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(tiny_model_path, photo_folder):
-    from click.testing import CliRunner
-
-    from actdb.cli import cli
-
     args = ["differentiation", "noise:5", str(photo_folder), "--model", str(tiny_model_path), "--preprocess", "tf",
             "--layers", "all", "--units", "60", "--seed", "3", "--batch-size", "4", "--json"]
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -146,8 +142,7 @@ def test_bad_sets_are_one_line(run_cli, tiny_model_path, tmp_path, monkeypatch, 
     (tmp_path / "EMPTY").mkdir()
     monkeypatch.chdir(tmp_path)
     result = run_cli("differentiation", *sets, "--model", tiny_model_path, "--preprocess", "tf")
-    assert result.exit_code == 1 and message in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    one_line_error(result, message)
 
 
 def test_max_images_takes_a_seeded_sample_and_says_so(photo_folder):

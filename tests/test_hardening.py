@@ -19,29 +19,14 @@ from scipy.spatial.distance import cdist
 
 import actdb
 from actdb.cli import cli
-from conftest import make_imagenet_tree, write_image
+from conftest import invoke, make_imagenet_tree, one_line_error, write_image
 
 ARRAY = ["--model", "tiny", "--layer", "conv2"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def ingest_args(store, source, model, *extra):
     return ["--store", store, "ingest", source, "--model", model, "--preprocess", "tf", "--layers", "conv2,fc",
             "--quiet", *extra]
-
-
-def one_line_error(result, *fragments):
-    """A user mistake: non-zero exit, one line on stderr, no traceback."""
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SIZE, make_imagenet_tree
+from conftest import TINY_SIZE, make_imagenet_tree, one_line_error
 
 STEPS = 12
 
@@ -321,8 +321,7 @@ def test_bad_input_is_one_line_and_writes_nothing(run_cli, tmp_path, tiny_model_
     args = [a for a in args if a not in ("--model", "HEADLESS")]
     store = tmp_path / "never"
     result = run_cli("--store", store, "optimize", "--model", model, "--preprocess", "caffe", *args)
-    assert result.exit_code != 0 and message in result.output, result.output
-    assert len(result.output.strip().splitlines()) == 1
+    one_line_error(result, message)
     assert not store.exists()
 
 

@@ -8,26 +8,16 @@ import pytest
 from scipy.spatial.distance import cdist
 
 import actdb
-from conftest import make_imagenet_tree, write_image
+from conftest import TINY_PER_CLASS, invoke, make_imagenet_tree, write_image
 
 ARRAY = ["--model", "tiny", "--layer", "conv2"]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_model_path):
-    from click.testing import CliRunner
-
-    from actdb.cli import cli
-
-    root = tmp_path_factory.mktemp("query")
-    source = make_imagenet_tree(root / "train", per_class=8, seed=5)
-    store = root / "store"
-    result = CliRunner().invoke(cli, ["--store", str(store), "ingest", str(source), "--model", str(tiny_model_path),
-                                      "--preprocess", "tf", "--layers", "conv2,fc", "--quiet"])
-    assert result.exit_code == 0, result.output
+def store(tiny_store):
     for metric in ("l2", "cosine", "correlation"):
-        assert CliRunner().invoke(cli, ["--store", str(store), "index", *ARRAY, "--metric", metric]).exit_code == 0
-    return store
+        assert invoke("--store", tiny_store, "index", *ARRAY, "--metric", metric).exit_code == 0
+    return tiny_store
 
 
 def stored(store):
@@ -84,7 +74,7 @@ def test_where_filters_and_always_returns_k_rows(store, run_cli):
 def test_where_cannot_modify_the_store(store, run_cli):
     result = run_cli("--store", store, "neighbors", "id:0", *ARRAY, "--where", "1=1; DELETE FROM images")
     assert result.exit_code != 0 and "read-only" in result.output
-    assert len(actdb.open(store).images()) == 24
+    assert len(actdb.open(store).images()) == 3 * TINY_PER_CLASS
 
 
 def test_classes_by_centroid_and_members_equal_numpy(store, run_cli):

@@ -18,13 +18,11 @@ import time
 import duckdb
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import actdb
-from actdb.cli import cli
 from actdb.ingest.engines.ray import RayEngine, ShardWorker
 from actdb.store.locks import writer_lock
-from conftest import make_imagenet_tree
+from conftest import invoke, make_imagenet_tree
 
 pytestmark = pytest.mark.slow
 LAYERS = "wide,predictions"
@@ -71,10 +69,6 @@ def dataset(tmp_path_factory):
 def ingest_args(store, source, model, *extra):
     return ["--store", store, "ingest", source, "--model", model, "--preprocess", "tf", "--layers", LAYERS,
             "--predictions", "--batch-size", 16, "--commit-seconds", 0, "--quiet", *extra]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def top_images(session, array, unit, k, bottom, where, montage, as_json):
     \b
     actdb top-images --model vgg19 --layer block5_conv4 --reduce max --unit 4 --montage unit4.png
     """
-    frame = session.db().top_images(unit, **array, k=k, bottom=bottom, where=where, montage=montage)
+    frame = session.db().top_images(unit=unit, **array, k=k, bottom=bottom, where=where, montage=montage)
     _written("montage", montage)
     emit(frame, as_json, lambda: (click.echo(frame.attrs["title"]), table(frame, "{:.4g}")))
 
@@ -138,7 +138,7 @@ def top_classes(session, array, unit, by, top, k, plot, as_json):
     \b
     actdb top-classes --model vgg19 --layer block5_conv4 --unit 4 --by topk-share -k 100
     """
-    frame = session.db().top_classes(unit, **array, by=by, top=top, k=k, plot=plot)
+    frame = session.db().top_classes(unit=unit, **array, by=by, top=top, k=k, plot=plot)
     _written("plot", plot)
     emit(frame, as_json, lambda: (click.echo(frame.attrs["title"]), table(frame, "{:.4g}")))
 

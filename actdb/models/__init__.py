@@ -17,7 +17,6 @@ from .. import weightspec
 from ..choices import PRECISIONS, check_choice
 from ..errors import ActdbError
 from ..tfquiet import import_tensorflow
-from ..weightspec import file_sha256
 
 
 @dataclass(frozen=True)

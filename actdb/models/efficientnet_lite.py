@@ -27,7 +27,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from ..errors import ActdbError
-from . import ModelSpec, file_sha256
+from ..weightspec import file_sha256
+from . import ModelSpec
 from .pth import load_state_dict
 
 PREPROCESS = "lite"

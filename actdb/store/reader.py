@@ -56,7 +56,7 @@ class Store:
             self._memo[key] = compute()
         return self._memo[key]
 
-    def sql(self, query: str, params: list | None = None, memoize: bool = False) -> pd.DataFrame:
+    def sql(self, query: str, params: list | None = None, *, memoize: bool = False) -> pd.DataFrame:
         """Read-only SQL on the catalog; statements that write are refused before they run.
 
         `memoize`: reuse the answer while the catalog is unchanged (for small, repeated lookups)."""
