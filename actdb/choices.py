@@ -42,3 +42,22 @@ def check_choice(name: str, value, choices, what: str | None = None) -> str:
         kind = f"unknown {what}; " if what else ""
         raise invalid(name, value, f"{kind}use one of {', '.join(choices)}")
     return value
+
+
+SEED_MAX = 2**32 - 1  # NumPy's seeds
+
+
+def check_integer(name: str, value, minimum: int, maximum: int | None = None) -> int:
+    """An integer (not 3.7, not True) within bounds, checked before any work."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise invalid(name, value, "give a whole number")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum}"
+        raise invalid(name, value, f"give a whole number {bounds}")
+    return int(value)
+
+
+def check_seed(seed) -> int:
+    return check_integer("seed", seed, 0, SEED_MAX)

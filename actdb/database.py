@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import choices  # noqa: F401 - the option words, for the CLI
-from .choices import FLAT, invalid
+from .choices import FLAT, check_integer, check_seed, invalid
 from .errors import ActdbError
 from .results import warnings_of  # noqa: F401 - how the CLI prints every result's advice
 from .store.catalog import missing_store_message
@@ -109,6 +109,7 @@ def differentiation(sets, *, model: str, weights: str = "imagenet", preprocess: 
     on the store, or `noise:N`)."""
     from .analytics.differentiation import differentiation_of
     from .files import checked_output
+    check_seed(seed), check_integer("max_images", max_images, 2), check_integer("units", units, 1)
 
     plot = plot and checked_output(plot, _PNG)
     result = differentiation_of(_texts(sets), model=model, weights=weights, layers=layers, units=units,
@@ -184,7 +185,11 @@ class Database(Store):
             chosen = IngestOptions(**options)
         except TypeError as exc:
             raise ActdbError(f"ingest: {exc}") from None
-        return ingest(self.path, source, chosen, progress=progress)
+        summary = ingest(self.path, source, chosen, progress=progress)
+        from .resolve import optimized_vectors_in_every_array
+
+        optimized_vectors_in_every_array(type(self)(self.path))  # new arrays: the optimized images as queries
+        return summary
 
     # -- integrity ------------------------------------------------------------------------------
 
@@ -204,7 +209,7 @@ class Database(Store):
         `recall`: the recall@10 an approximate index must reach, measured against exact search."""
         from .query import api
 
-        if not 0 <= recall <= 1:
+        if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall <= 1:
             raise ActdbError(f"recall={recall!r}: give a recall@10 between 0 and 1",
                              f"--recall {recall}: give a recall@10 between 0 and 1")
         return api.build(self, self.array(model, layer, reduce=reduce, weights=weights), metric=metric, kind=kind,
@@ -227,6 +232,7 @@ class Database(Store):
         `class_name`'s row is kept whatever its rank."""
         from .query import api
 
+        check_integer("k", k, 1), check_integer("top", top, 1)
         return api.classes(self, self.array(model, layer, reduce=reduce, weights=weights), _queries(queries),
                            by=by, k=k, top=top, class_name=class_name, metric=metric)
 
@@ -262,6 +268,7 @@ class Database(Store):
         `reduce="flat"`: whole feature maps computed from the images (at most `max_images`)."""
         from .analytics.distances import distances
         from .files import checked_output
+        check_seed(seed), check_integer("random_classes", random_classes, 0), check_integer("max_images", max_images, 2)
 
         plot = plot and checked_output(plot, _PNG)
         array = self._flat_source(model, layer, weights) if reduce == FLAT else \
@@ -288,6 +295,7 @@ class Database(Store):
         placed in it; `out`: every point's coordinates as .parquet or .csv."""
         from .analytics.maps import COORDINATE_SUFFIXES, map_points, save_coordinates
         from .files import checked_output
+        check_seed(seed)
 
         plot = plot and checked_output(plot, _PNG)
         out = out and checked_output(out, COORDINATE_SUFFIXES, "out")
@@ -306,6 +314,7 @@ class Database(Store):
         """The k stored images that excite (`bottom`: suppress) a unit most, streamed over the array."""
         from .analytics.top_images import top_images
         from .files import checked_output
+        check_integer("k", k, 1)
 
         montage = montage and checked_output(montage, _PNG, "montage")
         frame = top_images(self, self.array(model, layer, reduce=reduce, weights=weights), unit, k=k, bottom=bottom,
@@ -320,6 +329,7 @@ class Database(Store):
         """Classes ranked by a unit's mean or median over their members, or their share of its top k images."""
         from .analytics.top_classes import top_classes
         from .files import checked_output
+        check_integer("top", top, 1), check_integer("k", k, 1)
 
         plot = plot and checked_output(plot, _PNG)
         frame = top_classes(self, self.array(model, layer, reduce=reduce, weights=weights), unit, by=by, top=top,
@@ -357,6 +367,7 @@ class Database(Store):
         `models` with one `layer`."""
         from .analytics import compare
         from .files import checked_output
+        check_seed(seed), check_integer("max_images", max_images, 2)
 
         if bool(layers) == bool(models):
             raise ActdbError("name the arrays one way: model=M, layers=[a, b, c] or models=[m1, m2], layer=L",
@@ -385,7 +396,14 @@ def _queries(queries) -> list:
         return list(np.atleast_2d(queries))
     if isinstance(queries, (str, Path)):
         return [str(queries)]
-    return [q if isinstance(q, np.ndarray) else str(q) for q in queries]
+    chosen, seen = [], set()
+    for query in queries:
+        if isinstance(query, np.ndarray):
+            chosen.append(query)
+        elif str(query) not in seen:  # the same query twice asks one question: one answer
+            seen.add(str(query))
+            chosen.append(str(query))
+    return chosen
 
 
 def _texts(values) -> list[str]:

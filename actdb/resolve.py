@@ -132,7 +132,8 @@ def optimized_image_file(db, text: str) -> Path:
 
 def optimized_vectors(db, array: StoredArray, names: list[str]) -> np.ndarray:
     """Optimized images' vectors in one stored array: each PNG through the array's model exactly
-    as a query file is, computed the first time an array needs it and kept in the catalog."""
+    as a query file is. Kept in the catalog by the writers (optimize, ingest); computed here,
+    never written, where one is missing (reading never writes the store)."""
     kept = db.sql("SELECT name, vector FROM optimized_vectors WHERE array_id = ? AND name IN "
                   "(SELECT unnest(?::VARCHAR[]))", [array.id, names])
     found = dict(zip(kept.name, kept.vector))
@@ -141,34 +142,37 @@ def optimized_vectors(db, array: StoredArray, names: list[str]) -> np.ndarray:
         pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [missing])
         png_of = dict(zip(pngs.name, pngs.png))
         computed = file_vectors(db, array, [str(db.path / png_of[n]) for n in missing])
-        with db.catalog.write() as con:
-            con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                            [(n, array.id, v.tolist()) for n, v in zip(missing, computed)])
         found.update(zip(missing, computed))
     return np.stack([np.asarray(found[n], np.float32) for n in names])
 
 
-def optimized_vectors_in_every_array(db, names: list[str]) -> None:
-    """Keep new optimized images' vectors for every stored array, one model load per model and
-    settings; an array whose model cannot be loaded here gets them when first queried."""
-    stored = db.arrays()
-    if not stored:
+def optimized_vectors_in_every_array(db, names: list[str] | None = None) -> None:
+    """Writers: keep the vectors of optimized images (`names`, default all) that some stored
+    array lacks, one model load per model and settings; an array whose model cannot be loaded
+    here is computed when queried instead."""
+    if not db.arrays() or not db.has_table("optimized_images"):
         return
-    pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names])
-    paths = [str(db.path / png) for png in pngs.png]
+    pngs = db.sql("SELECT name, png FROM optimized_images" + ("" if names is None else
+                  " WHERE name IN (SELECT unnest(?::VARCHAR[]))"), None if names is None else [names])
+    kept = db.sql("SELECT name, array_id FROM optimized_vectors") if db.has_table("optimized_vectors") else None
+    have = set() if kept is None else set(zip(kept.name, kept.array_id))
     groups: dict[tuple, list[StoredArray]] = {}
-    for array in stored:
+    for array in db.arrays():
         settings = (array.model_id, array.precision, array.resize, array.reduce, _ingest_batch_size(db, array))
         groups.setdefault(settings, []).append(array)
     for group in groups.values():
+        lacking = pngs[[any((n, a.id) not in have for a in group) for n in pngs.name]]
+        if lacking.empty:
+            continue
         try:
-            computed = _files_through_layers(db, group[0], [a.layer for a in group], paths)
+            computed = _files_through_layers(db, group[0], [a.layer for a in group],
+                                             [str(db.path / png) for png in lacking.png])
         except ActdbError:
             continue
         with db.catalog.write() as con:
             con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                             [(name, a.id, vector.tolist()) for a in group
-                             for name, vector in zip(pngs.name, computed[a.layer])])
+                             for name, vector in zip(lacking.name, computed[a.layer])])
 
 
 def _npy_vector(path: str, channels: int) -> np.ndarray:
@@ -185,12 +189,17 @@ def _checked_vector(vector: np.ndarray, channels: int, name: str) -> np.ndarray:
     """A query vector: numbers, this array's width, all finite."""
     if not (np.issubdtype(vector.dtype, np.number) or vector.dtype == bool):
         raise ActdbError(f"{name} holds {vector.dtype} values; a query vector holds numbers")
-    vector = np.squeeze(vector).astype(np.float32)
+    if np.iscomplexobj(vector):
+        raise ActdbError(f"{name} holds complex numbers; a query vector holds real ones (take .real or abs())")
+    vector = np.squeeze(vector)
     if vector.shape != (channels,):
         raise ActdbError(f"{name} holds shape {vector.shape}; this array's vectors have {channels} values")
     if not np.isfinite(vector).all():
         raise ActdbError(f"{name} holds NaN or infinite values; a query vector must be finite")
-    return vector
+    if np.abs(vector.astype(np.float64)).max(initial=0) > np.finfo(np.float32).max:
+        raise ActdbError(f"{name} holds values beyond float32's range (|x| > 3.4e38), which stored vectors "
+                         "cannot hold: rescale it")
+    return vector.astype(np.float32)
 
 
 def file_vectors(db, array: StoredArray, paths: list[str], reduce: str | None = None,

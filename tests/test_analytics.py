@@ -83,7 +83,7 @@ def test_query_distances_percentiles_and_ranks_equal_scipy(store, run_cli, tmp_p
             members = (labels == label) & (ids != own)
             distances = cdist(q_vector[None], vectors[members])[0]
             assert_statistics(got.loc[label].to_dict(), distances)
-            within = pdist(vectors[labels == label])
+            within = pdist(vectors[members])  # the class's pairs, less the query's own when it is a member
             assert got.loc[label, "percentile"] == pytest.approx(100 * np.mean(within < np.median(distances)))
             medians[label] = np.median(distances)
         mix = cdist(q_vector[None], vectors[(labels == "groenendael") & (ids != own)])[0]

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import actdb
 
 from conftest import TINY_SIZE, make_imagenet_tree, one_line_error
 
@@ -235,7 +239,7 @@ def test_optimized_name_is_queried_like_its_png_ingested_as_a_file(store, run_cl
     # the PNG ingested as an ordinary file
     folder = tmp_path / "as-files"
     folder.mkdir()
-    shutil.copy(store / "optimized" / "tiny.conv2.u5.fft.s0.png", folder / "u5.png")
+    shutil.copy(stored_png(store, "tiny.conv2.u5.fft.s0"), folder / "u5.png")
     run_cli("--store", store, "ingest", folder, "--model", tiny_model_path, "--preprocess", "caffe",
             "--layers", "conv1,conv2,fc", "-q")  # conv1: an array added after the image was made
     file_id = int(db.sql("SELECT id FROM images WHERE path LIKE '%u5.png'").id[0])
@@ -252,12 +256,17 @@ def test_optimized_name_is_queried_like_its_png_ingested_as_a_file(store, run_cl
     assert len(ranked) == 3
 
 
+def stored_png(store, name: str):
+    """The file the catalog's row names (content-addressed: NAME.SHA.png)."""
+    return store / actdb.open(store).sql("SELECT png FROM optimized_images WHERE name = ?", [name]).png[0]
+
+
 def test_predict_takes_an_optimized_image(store, run_cli, tiny_model_path):
     run_cli("--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "caffe", "--layer", "conv2",
             "--units", "1", "--steps", 4, "--name", "p")
     result = run_cli("--store", store, "predict", "optimized:p", "--models", "efficientnet_lite0", "--top", 1, "--json")
     assert result.exit_code == 0, result.output
-    direct = run_cli("predict", store / "optimized" / "p.png", "--models", "efficientnet_lite0", "--top", 1, "--json")
+    direct = run_cli("predict", stored_png(store, "p"), "--models", "efficientnet_lite0", "--top", 1, "--json")
     assert json.loads(result.stdout)[0]["class_index"] == json.loads(direct.stdout)[0]["class_index"]
 
 
@@ -265,7 +274,7 @@ def test_same_name_reuses_and_other_parameters_are_refused(store, run_cli, tiny_
     base = ["--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "caffe", "--layer", "conv2",
             "--units", "1", "--name", "n"]
     assert run_cli(*base, "--steps", 4).exit_code == 0
-    png = store / "optimized" / "n.png"
+    png = stored_png(store, "n")
     first = (png.stat().st_mtime_ns, png.read_bytes())
     assert run_cli(*base, "--steps", 4).exit_code == 0
     assert (png.stat().st_mtime_ns, png.read_bytes()) == first  # reused, not remade
@@ -273,7 +282,7 @@ def test_same_name_reuses_and_other_parameters_are_refused(store, run_cli, tiny_
     assert refused.exit_code != 0 and "exists with other parameters: pass --overwrite" in refused.output
     assert png.read_bytes() == first[1]
     assert run_cli(*base, "--steps", 5, "--overwrite").exit_code == 0
-    assert png.read_bytes() != first[1]
+    assert stored_png(store, "n").read_bytes() != first[1] and not png.exists()  # the replaced file is gone
 
 
 def test_store_made_before_optimize_existed_still_opens(store, run_cli, tiny_model_path):
@@ -329,3 +338,88 @@ def test_no_store_and_no_out_is_refused(run_cli, tiny_model_path, monkeypatch):
     monkeypatch.delenv("ACTDB_STORE", raising=False)
     result = run_cli("optimize", "--model", tiny_model_path, "--layer", "conv2", "--units", "1")
     assert result.exit_code != 0 and "no store given" in result.output
+
+
+def sha256_of(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def committed(store, name):
+    return actdb.open(store).sql("SELECT png, png_sha256 FROM optimized_images WHERE name = ?", [name]).iloc[0]
+
+
+def optimize_args(store, model, name, *extra):
+    return ["--store", store, "optimize", "--model", model, "--preprocess", "caffe", "--layer", "conv2",
+            "--units", "1", "--steps", 4, "--name", name, *extra]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "deleted"])
+def test_a_damaged_png_is_found_by_check_and_remade_not_reused(store, run_cli, tiny_model_path, damage):
+    assert run_cli(*optimize_args(store, tiny_model_path, "n")).exit_code == 0
+    png = stored_png(store, "n")
+    good = png.read_bytes()
+    if damage == "truncated":
+        png.write_bytes(good[: len(good) // 2])
+    elif damage == "flipped":
+        png.write_bytes(good[:100] + bytes([good[100] ^ 0xFF]) + good[101:])
+    else:
+        png.unlink()
+    report = actdb.open(store).check()
+    assert not report["ok"] and [p["problem"] for p in report["problems"]] == ["damaged optimized image"]
+    assert "actdb optimize" in report["problems"][0]["detail"]
+    assert run_cli(*optimize_args(store, tiny_model_path, "n")).exit_code == 0  # the same command remakes it
+    row = committed(store, "n")
+    assert sha256_of(store / row.png) == row.png_sha256 and (store / row.png).read_bytes() == good
+    assert actdb.open(store).check()["ok"]
+
+
+def test_a_snapshot_cannot_overwrite_another_image(store, run_cli, tiny_model_path):
+    assert run_cli(*optimize_args(store, tiny_model_path, "a.step2")).exit_code == 0
+    before = committed(store, "a.step2")
+    assert run_cli(*optimize_args(store, tiny_model_path, "a", "--snapshots", "2")).exit_code == 0
+    assert sha256_of(store / before.png) == before.png_sha256 and actdb.open(store).check()["ok"]
+
+
+def test_a_failed_overwrite_leaves_the_committed_image_and_its_row_in_agreement(store, run_cli, tiny_model_path,
+                                                                                 monkeypatch):
+    """A kill between writing the new PNG and the catalog commit: the row still names its own,
+    untouched file (the new one went to a new name)."""
+    from actdb.optimize import run
+
+    assert run_cli(*optimize_args(store, tiny_model_path, "n")).exit_code == 0
+    before = committed(store, "n")
+    real = run.atomic_write
+
+    def write_then_die(path, data):
+        real(path, data)
+        raise KeyboardInterrupt  # after the new file is on disk, before the commit
+
+    monkeypatch.setattr(run, "atomic_write", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        actdb.open(store).optimize(model=str(tiny_model_path), preprocess="caffe", layer="conv2", units="1", steps=5,
+                                   name="n", overwrite=True)
+    row = committed(store, "n")
+    assert row.png == before.png and sha256_of(store / row.png) == row.png_sha256
+
+
+def test_two_runs_with_one_name_cannot_both_succeed(store, run_cli, tiny_model_path, monkeypatch):
+    """The name check is repeated under the writer lock: a run that committed the name while
+    this one computed wins, and this one is refused instead of replacing it."""
+    from actdb.optimize import run
+
+    real = run._make
+
+    def meanwhile(*args, **kwargs):
+        made = real(*args, **kwargs)
+        other = subprocess.run([sys.executable, "-m", "actdb", *map(str, optimize_args(store, tiny_model_path, "n",
+                                                                                        "--units", "2", "--quiet"))],
+                               capture_output=True, text=True)  # another process, as a second user would
+        assert other.returncode == 0, other.stderr
+        return made
+
+    monkeypatch.setattr(run, "_make", meanwhile)
+    result = run_cli(*optimize_args(store, tiny_model_path, "n"))
+    assert result.exit_code == 1 and "exists with other parameters" in result.output
+    assert actdb.open(store).sql("SELECT unit FROM optimized_images WHERE name = 'n'").unit.tolist() == [2]

@@ -89,6 +89,9 @@ def rsa(x: np.ndarray, y: np.ndarray, labels: np.ndarray) -> float:
     return spearman(correlation_rdm(class_means(x, labels)[1]), correlation_rdm(class_means(y, labels)[1]))
 
 
+MIN_CKA_IMAGES = 4
+
+
 def compare(db, found: list[StoredArray], *, method: str = "cka", where: str | None = None,
             max_images: int = 5000, seed: int = 0) -> Comparison:
     """Similarity of every pair of stored arrays on the images all of them hold."""
@@ -116,7 +119,11 @@ def compare(db, found: list[StoredArray], *, method: str = "cka", where: str | N
                 similarity[i, j] = linear_cka(values[i], values[j], debiased=method == "cka-debiased")
             similarity[j, i] = similarity[i, j]
     matrix = pd.DataFrame(similarity, index=names, columns=names)
-    return Comparison(method, names, matrix, len(ids), classes if method == "rsa" else None)
+    warnings = []
+    if method != "rsa" and len(ids) < MIN_CKA_IMAGES:
+        warnings.append(f"CKA over {len(ids)} images says little (over 2 centred images it is always 1): "
+                        f"compare at least {MIN_CKA_IMAGES}")
+    return Comparison(method, names, matrix, len(ids), classes if method == "rsa" else None, warnings=warnings)
 
 
 def _common_rows(db, found: list[StoredArray], where: str | None, max_images: int, seed: int):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..choices import invalid
 from ..distance import check_metric, check_query_directions, paired_distances, pairwise_distances, prepare
 from ..errors import ActdbError
 from ..resolve import file_vectors, image_file, resolve
@@ -75,8 +76,10 @@ def pair_groups(rows: np.ndarray, labels: np.ndarray, pairs: int | str, metric: 
         distances = pairwise_distances(rows, rows, metric)[first, second]
         same = labels[first] == labels[second]
         return {"same class": distances[same], "different class": distances[~same], "random pairs": distances}
-    if not isinstance(pairs, (int, np.integer)) or pairs < 1:
-        raise ActdbError(f"--pairs must be a positive number or 'all', got {pairs!r}")
+    if isinstance(pairs, bool) or not isinstance(pairs, (int, np.integer)) or pairs < 1:
+        raise invalid("pairs", pairs, "give a positive number of pairs, or 'all'")
+    if pairs >= n * (n - 1) // 2:  # more samples than distinct pairs: every pair, exactly, instead
+        return pair_groups(rows, labels, "all", metric, rng)
     groups = {}
     for group, (first, second) in zip(GROUPS, (_same_class_pairs(labels, pairs, rng),
                                                _different_class_pairs(labels, pairs, rng),
@@ -133,27 +136,37 @@ def query_table(queries: np.ndarray, texts: list[str], query_ids: list[int | Non
             values = distances[q, mask]
             samples[(text, target)] = values
             stats = summary(values)
-            within = pair_rows_by_class.get(target)
+            within = _reference_without(pair_rows_by_class.get(target), own)
             percentile = np.nan if within is None or not len(within) or not len(values) else \
                 100.0 * np.mean(within < stats["median"])
-            records.append({"query": text, "target": target, **stats, "percentile": percentile})
+            records.append({"query": text, "target": target, **stats, "percentile": percentile, "order": q})
     frame = pd.DataFrame(records)
     is_class = frame.target != RANDOM_MIX
     frame["rank"] = pd.array([pd.NA] * len(frame), dtype="Int64")
-    frame.loc[is_class, "rank"] = (frame[is_class].groupby("query")["median"]
+    frame.loc[is_class, "rank"] = (frame[is_class].groupby("order")["median"]  # per query, even a repeated one
                                    .rank(method="first").astype("int64"))
-    frame["order"] = frame["query"].map({text: q for q, text in enumerate(texts)})
     frame = frame.sort_values(["order", "rank"], na_position="last", kind="stable")
     return frame.drop(columns="order").reset_index(drop=True), samples
 
 
-def within_class_distances(rows: np.ndarray, chosen: selection.Selection, metric: str) -> dict[str, np.ndarray]:
-    """Every same-class pair's distance, per class: the reference a query's percentile is taken in."""
+def _reference_without(within: tuple | None, own: int | None) -> np.ndarray | None:
+    """A class's same-class distances, less the pairs of the query itself when it is a member:
+    a query is not compared with a reference that contains it."""
+    if within is None:
+        return None
+    values, first, second = within
+    return values if own is None else values[(first != own) & (second != own)]
+
+
+def within_class_distances(rows: np.ndarray, chosen: selection.Selection, metric: str) -> dict[str, tuple]:
+    """Every same-class pair's distance, per class, with the pair's two image ids: the
+    reference a query's percentile is taken in."""
     result = {}
     for label in chosen.named + chosen.random:
-        members = rows[chosen.members(label)]
+        mask = chosen.members(label)
+        members, ids = rows[mask], np.asarray(chosen.ids)[mask]
         first, second = np.triu_indices(len(members), k=1)
-        result[label] = pairwise_distances(members, members, metric)[first, second]
+        result[label] = (pairwise_distances(members, members, metric)[first, second], ids[first], ids[second])
     return result
 
 

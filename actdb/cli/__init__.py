@@ -27,6 +27,8 @@ class ActdbGroup(click.Group):
             return super().invoke(ctx)
         except ActdbError as exc:
             raise click.ClickException(exc.cli_message) from None
+        except click.BadParameter as exc:  # a value out of range or of the wrong kind: one line, not the usage
+            raise click.ClickException(exc.format_message()) from None
         except Terminated:
             sys.exit(128 + 15)  # the run was recorded as interrupted; exit as a process killed by SIGTERM
         except BrokenPipeError:

@@ -11,7 +11,7 @@ import click
 from ..database import choices, parse_units
 from ..errors import ActdbError
 
-SEED_MAX = 2**32 - 1
+SEED_MAX = choices.SEED_MAX
 
 
 # Errors of these types are ActdbErrors, so they print as one line like the library's own.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import imagenet
-from ..choices import OBJECTIVES, OPTIMIZE_METHODS, check_choice
+from ..choices import OBJECTIVES, OPTIMIZE_METHODS, check_choice, check_seed
 from ..errors import ActdbError
 from ..files import atomic_write, checked_output
 from ..units import expand_units, parse_units
@@ -24,6 +25,7 @@ from ..store.locks import writer_lock
 from ..store.reader import Store
 
 OPTIMIZED_DIR = "optimized"
+SNAPSHOT_DIR = f"{OPTIMIZED_DIR}/snapshots"  # progress pictures: not images of the catalog
 MAX_SIZE = 1024
 MIN_FFT_SIZE = 8
 
@@ -65,13 +67,14 @@ def _check_options(o: OptimizeOptions) -> tuple[int, float, list[int]]:
 
     check_choice("method", o.method, OPTIMIZE_METHODS)
     check_choice("objective", o.objective, OBJECTIVES)
+    check_seed(o.seed)
     steps, lr = DEFAULTS[o.method]
     steps = steps if o.steps is None else o.steps
     lr = lr if o.lr is None else o.lr
     if steps < 1:
         raise ActdbError(f"--steps {steps}: take at least 1 step")
-    if not lr > 0:
-        raise ActdbError(f"--lr {lr}: the step size must be positive")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ActdbError(f"--lr {lr}: the step size must be a finite positive number")
     if o.diversity < 1:
         raise ActdbError(f"--diversity {o.diversity}: give 1 (no diversity) or more images per unit")
     if o.diversity > 1 and o.method != "fft":
@@ -126,10 +129,19 @@ def _check_size(o: OptimizeOptions, input_size: int) -> int:
     return size
 
 
+def _named_weights(loaded) -> str:
+    """The weights a default name spells out: none for the model's own (ImageNet's, or a .keras
+    file's), else random:N or the weights file."""
+    chosen = loaded.weights_path is not None or loaded.weights_id.startswith("random")
+    return loaded.weights_id if chosen else "imagenet"
+
+
 def default_name(model: str, layer: str, objective: str, unit: int, method: str, seed: int, negative: bool,
-                 diversity: int, index: int) -> str:
-    """Readable and unique per parameter set, e.g. efficientnet_lite0.top_activation.u4.fft.s0."""
-    parts = [model, layer, f"u{unit}"]
+                 diversity: int, index: int, weights: str = "imagenet") -> str:
+    """Readable and unique per parameter set, e.g. efficientnet_lite0.top_activation.u4.fft.s0;
+    other weights than ImageNet's are part of the name (efficientnet_lite0-random-1.top...)."""
+    slug = "" if weights == "imagenet" else "-" + re.sub(r"[^A-Za-z0-9]+", "-", weights.replace("seed=", ""))[:24]
+    parts = [model + slug, layer, f"u{unit}"]
     if objective == "neuron":
         parts.append("neuron")
     if negative:
@@ -158,7 +170,7 @@ def _plans(o: OptimizeOptions, loaded, layer: str, units: list[int], steps: int,
                     f".d{index}" if o.diversity > 1 else "")
             else:
                 name = default_name(loaded.name, "logits" if layer == LOGITS else layer, o.objective, unit, o.method,
-                                    o.seed, o.negative, o.diversity, index)
+                                    o.seed, o.negative, o.diversity, index, _named_weights(loaded))
             if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
                 raise ActdbError(f"image name {name!r}: use letters, digits and _ . + - only (it becomes a file name)")
             plans.append(Plan(name, unit, index, params))
@@ -204,7 +216,10 @@ def optimize(store: str | Path | None, options: OptimizeOptions, out: str | Path
         _write_folder(Path(out), todo, made)
         results, root = _result(todo, made, Path(out)), Path(out)
     else:
-        _write_store(Path(store), todo, made, loaded, digest)
+        names = _write_store(Path(store), todo, made, loaded, digest, o.overwrite)
+        from ..resolve import optimized_vectors_in_every_array
+
+        optimized_vectors_in_every_array(Store(Path(store)), names)
         results, root = _rows_of(Store(Path(store)), [p.name for p in plans]), Path(store)
     if sheet is not None:
         from .. import figures
@@ -245,13 +260,14 @@ def _top1(loaded, pixels: np.ndarray) -> list[str | None]:
 
 
 def _kept(store: Path, plans: list[Plan], overwrite: bool, digest: str) -> dict[str, dict]:
-    """Images already in the store with these very parameters are reused; the same name with
-    other parameters is refused unless --overwrite."""
+    """Images already in the store with these very parameters, their PNG intact, are reused;
+    the same name with other parameters is refused unless --overwrite. Asked again under the
+    writer lock before anything is written, so two runs with one name cannot both succeed."""
     db = Store(store)
     if not db.catalog.exists() or not db.has_table("optimized_images"):
         return {}
     names = [p.name for p in plans]
-    rows = db.sql("SELECT name, params, weights_digest, png FROM optimized_images WHERE name IN "
+    rows = db.sql("SELECT name, params, weights_digest, png, png_sha256 FROM optimized_images WHERE name IN "
                   "(SELECT unnest(?::VARCHAR[]))", [names])
     stored = {r.name: r for r in rows.itertuples()}
     kept = {}
@@ -260,12 +276,19 @@ def _kept(store: Path, plans: list[Plan], overwrite: bool, digest: str) -> dict[
         if row is None:
             continue
         if json.loads(row.params) == plan.params and row.weights_digest == digest:
-            if (store / row.png).is_file():
-                kept[plan.name] = row  # else the PNG was lost: it is made again
+            if png_intact(store / row.png, row.png_sha256):
+                kept[plan.name] = row  # else the PNG was lost or damaged: it is made again
         elif not overwrite:
             raise ActdbError(f"optimized image {plan.name!r} exists with other parameters: pass --overwrite to "
                              "replace it, or --name to keep both")
     return kept
+
+
+def png_intact(path: Path, sha256: str) -> bool:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
@@ -282,6 +305,12 @@ def _snapshot_name(name: str, step: int) -> str:
     return f"{name}.step{step}.png"
 
 
+def _stored_png(name: str, data: bytes, folder: str = OPTIMIZED_DIR) -> str:
+    """Content-addressed: a new image never overwrites the file a committed row points to, so
+    a kill anywhere leaves the catalog's row and its PNG in agreement."""
+    return f"{folder}/{name}.{hashlib.sha256(data).hexdigest()[:16]}.png"
+
+
 def _write_folder(out: Path, todo: list[Plan], made) -> None:
     for i, plan in enumerate(todo):
         atomic_write(out / f"{plan.name}.png", _png_bytes(made["pixels"][i]))
@@ -292,9 +321,9 @@ def _write_folder(out: Path, todo: list[Plan], made) -> None:
         atomic_write(out / f"{plan.name}.json", json.dumps(record, indent=2).encode())
 
 
-def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str) -> None:
-    from ..resolve import optimized_vectors_in_every_array
-
+def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str, overwrite: bool) -> list[str]:
+    """New PNGs under new names (fsynced), then one catalog commit, then the replaced files go.
+    Returns the names whose query vectors must be recomputed."""
     store.mkdir(parents=True, exist_ok=True)
     with writer_lock(store, "actdb optimize"):
         catalog = Catalog(store)
@@ -303,14 +332,17 @@ def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str) -> No
         with catalog.write() as con:
             con.execute(OPTIMIZED_SCHEMA)
         if not todo:
-            return
+            return []
+        _kept(store, todo, overwrite, digest)  # again, now that no other writer can slip in
+        replaced = Store(store).sql("SELECT png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))",
+                                    [[p.name for p in todo]]).png.tolist()
         rows = []
         for i, plan in enumerate(todo):
             data = _png_bytes(made["pixels"][i])
-            png = f"{OPTIMIZED_DIR}/{plan.name}.png"
+            png = _stored_png(plan.name, data)
             atomic_write(store / png, data)
-            for step, shots in made["snapshots"].items():
-                atomic_write(store / OPTIMIZED_DIR / _snapshot_name(plan.name, step), _png_bytes(shots[i]))
+            for step, shots in made["snapshots"].items():  # their own folder: never another image's file
+                atomic_write(store / SNAPSHOT_DIR / _snapshot_name(plan.name, step), _png_bytes(shots[i]))
             p = plan.params
             rows.append((plan.name, p["model"], p["weights"], digest, p["layer"], plan.unit, p["objective"],
                          -1 if p["negative"] else 1, p["method"], p["seed"], plan.diversity_index, json.dumps(p),
@@ -322,7 +354,9 @@ def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str) -> No
             con.execute("DELETE FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names])
             con.executemany("INSERT INTO optimized_images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
                             "current_timestamp)", rows)
-    optimized_vectors_in_every_array(Store(store), names)
+        for old in set(replaced) - {r[15] for r in rows}:
+            (store / old).unlink(missing_ok=True)
+    return names
 
 
 def _rows_of(db: Store, names: list[str]) -> pd.DataFrame:

@@ -8,6 +8,7 @@ that names its rows (or a catalog whose arrays are gone) is refused before anyth
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -77,7 +78,25 @@ def _inspect(db):
         _check_array(db, array, problems, fixes, checked)
     _check_indexes(db, problems, fixes, checked)
     _drop_indexes_of_unmarked_rows(db, fixes)
+    _check_optimized(db, problems, checked)
     return problems, fixes, checked
+
+
+def _check_optimized(db, problems: list, checked: dict) -> None:
+    """Every optimized image's PNG is the one its row was committed with (sha256)."""
+    if not db.has_table("optimized_images"):
+        return
+    for row in db.sql("SELECT name, png, png_sha256 FROM optimized_images ORDER BY name").itertuples():
+        checked["optimized"] = checked.get("optimized", 0) + 1
+        try:
+            intact = hashlib.sha256((db.path / row.png).read_bytes()).hexdigest() == row.png_sha256
+            detail = "its PNG is not the one committed (sha256 differs)"
+        except OSError:
+            intact, detail = False, "its PNG is missing"
+        if not intact:
+            problems.append(Problem("damaged optimized image", row.png,
+                                    f"optimized:{row.name}: {detail}; run the same `actdb optimize` again "
+                                    "to remake it", repairable=False))
 
 
 def _drop_indexes_of_unmarked_rows(db, fixes) -> None:
