@@ -229,6 +229,7 @@ class _Sets:
     """The labelled images, split: neighbours (searched) and calibration (held out)."""
 
     label_of: np.ndarray  # object, indexed by image id (None: unlabelled or not chosen)
+    code_of: np.ndarray  # int64, indexed by image id: the position of its label in `classes` (-1: none)
     classes: list[str]  # sorted
     neighbours: np.ndarray  # ids, sorted
     calibration: np.ndarray  # ids, sorted
@@ -263,7 +264,10 @@ def split(db, found: list[StoredArray], calibration: float, calibration_where: s
                              "to search")
     label_of = np.full(int(ids.max()) + 1, None, dtype=object)
     label_of[ids] = images.label.to_numpy(object)
-    return _Sets(label_of, sorted(set(images.label)), ids[~held_out], ids[held_out], how)
+    classes, codes = np.unique(images.label.to_numpy(str), return_inverse=True)
+    code_of = np.full(len(label_of), -1, np.int64)
+    code_of[ids] = codes
+    return _Sets(label_of, code_of, classes.tolist(), ids[~held_out], ids[held_out], how)
 
 
 def trajectory(db, found: list[StoredArray], queries: list[str], *, metric: str = "l2", k: int = DEFAULT_K,
@@ -286,7 +290,6 @@ def trajectory(db, found: list[StoredArray], queries: list[str], *, metric: str 
     resolved = resolve_in_arrays(db, found, [str(q) for q in queries])
     query_ids = [next((r.image_ids[q] for r in resolved if r.image_ids[q] is not None), None)
                  for q in range(len(queries))]
-    code_of = {label: c for c, label in enumerate(sets.classes)}
     n_queries, n_calibration = len(queries), len(sets.calibration)
     own = np.array([-1 if i is None else i for i in query_ids] + sets.calibration.tolist(), np.int64)
     agree = np.zeros((n_queries + n_calibration, len(sets.classes)), np.int64)  # neighbours of each class, summed
@@ -300,13 +303,14 @@ def trajectory(db, found: list[StoredArray], queries: list[str], *, metric: str 
         ids, distances, search[array.layer] = _search(db, array, zarr_array, vectors, sets.neighbours, k, metric,
                                                       exact)
         ids, distances = _without_own(ids, distances, own, k)
-        counts = np.stack([np.bincount(_codes(sets, row, code_of), minlength=len(sets.classes)) for row in ids])
+        counts = np.zeros((len(ids), len(sets.classes)), np.int64)
+        np.add.at(counts, (np.repeat(np.arange(len(ids)), ids.shape[1]), sets.code_of[ids].ravel()), 1)
         agree += counts
         layers.append(_Layer(array.layer, ids[:n_queries], distances[:n_queries], counts[:n_queries],
                              prepare(queried.vectors, metric).astype(np.float64),
-                             _Centroids.of(zarr_array, sets, code_of, metric)))
+                             _Centroids.of(zarr_array, sets, metric), zarr_array))
     alpha = len(found) * k - agree  # nonconformity of every class
-    calibration_alpha = alpha[n_queries + np.arange(n_calibration), _codes(sets, sets.calibration, code_of)]
+    calibration_alpha = alpha[n_queries + np.arange(n_calibration), sets.code_of[sets.calibration]]
     neighbour_set = set(sets.neighbours.tolist())
     results = []
     for q, text in enumerate(queries):
@@ -366,32 +370,20 @@ def _without_own(ids, distances, own, k):
 
 @dataclass
 class _Centroids:
-    """Each class's mean over the neighbour set (rows as the metric sees them), its member count,
-    and every member's distance to the mean of the other members."""
+    """Each class's mean over the neighbour set (rows as the metric sees them) and member count."""
 
     means: np.ndarray  # (classes, dim) float64
     counts: np.ndarray  # members per class
-    member_ids: np.ndarray
-    member_codes: np.ndarray
-    member_distances: np.ndarray  # to the centroid of the other members of their class
     metric: str
 
     @classmethod
-    def of(cls, zarr_array, sets: _Sets, code_of: dict, metric: str) -> "_Centroids":
-        """Two passes over the neighbour set's rows (rows with NaN, failed images, belong to no class)."""
+    def of(cls, zarr_array, sets: _Sets, metric: str) -> "_Centroids":
+        """One pass over the neighbour set's rows (rows with NaN, failed images, belong to no class)."""
         moments = None
         for ids, rows in _finite_blocks(zarr_array, sets.neighbours):
             moments = moments or GroupMoments(rows.shape[1], len(sets.classes), second_moment=False)
-            moments.add(_codes(sets, ids, code_of), prepare(rows, metric))
-        means, counts = moments.mean, moments.n.astype(np.int64)
-        member_ids, distances = [], []
-        for ids, rows in _finite_blocks(zarr_array, sets.neighbours):
-            codes = _codes(sets, ids, code_of)
-            member_ids.append(ids)
-            distances.append(_distance_to_others(prepare(rows, metric).astype(np.float64), means[codes],
-                                                 counts[codes], metric))
-        member_ids = np.concatenate(member_ids)
-        return cls(means, counts, member_ids, _codes(sets, member_ids, code_of), np.concatenate(distances), metric)
+            moments.add(sets.code_of[ids], prepare(rows, metric))
+        return cls(moments.mean, moments.n.astype(np.int64), metric)
 
     def distances(self, prepared: np.ndarray, own_code: int | None) -> np.ndarray:
         """A prepared query's distance to every centroid; to its own class's, without itself."""
@@ -407,10 +399,6 @@ def _finite_blocks(zarr_array, ids: np.ndarray):
     for block_ids, rows in zarr_arrays.iter_blocks(zarr_array, ids):
         finite = np.isfinite(rows).all(axis=1)
         yield block_ids[finite], rows[finite]
-
-
-def _codes(sets: _Sets, ids: np.ndarray, code_of: dict) -> np.ndarray:
-    return np.array([code_of[label] for label in sets.label_of[ids]], np.int64)
 
 
 def _distance_to_others(rows: np.ndarray, means: np.ndarray, counts: np.ndarray, metric: str) -> np.ndarray:
@@ -433,6 +421,8 @@ class _Layer:
     counts: np.ndarray  # (queries, classes) neighbours of each class
     prepared: np.ndarray  # (queries, dim) as the metric sees them
     centroids: _Centroids
+    zarr_array: object
+    _members: dict = field(default_factory=dict)
 
     def centroid_distances(self, q: int, own_id: int | None, sets: _Sets) -> np.ndarray:
         own_code = sets.classes.index(sets.label_of[own_id]) if own_id is not None else None
@@ -455,9 +445,8 @@ class _Layer:
         counts = self.counts[q]
         to_centroids = self.centroid_distances(q, own_id, sets)
         by_share, by_centroid = _by_share(counts, self.ids[q], sets), _by_centroid(to_centroids)
-        centroids = self.centroids
-        members = centroids.member_distances[(centroids.member_codes == t) & (centroids.member_ids != (-1 if own_id is None else own_id))]
-        members = members[np.isfinite(members)]
+        own_member = own_id if own_id is not None and sets.label_of[own_id] == target else None
+        members = self.member_distances(target, own_member, sets)
         distance = float(to_centroids[t])
         return {"class": target, "share": float(counts[t] / len(self.ids[q])),
                 "knn_rank": by_share.index(t) + 1 if counts[t] else len(by_share) + 1,
@@ -466,6 +455,18 @@ class _Layer:
                 "percentile": 100.0 * float(np.mean(members < distance)) if len(members) and np.isfinite(distance)
                 else None,
                 "members": len(members)}
+
+    def member_distances(self, target: str, left_out: int | None, sets: _Sets) -> np.ndarray:
+        """Each member of `target` in the neighbour set (less `left_out`, the query): its distance
+        to the centroid of the other members, the reference a query's percentile is taken in."""
+        if (target, left_out) not in self._members:
+            ids = sets.neighbours[sets.label_of[sets.neighbours] == target]
+            rows = zarr_arrays.read_rows(self.zarr_array, ids[ids != left_out])
+            rows = prepare(rows[np.isfinite(rows).all(axis=1)], self.centroids.metric).astype(np.float64)
+            n = len(rows)
+            self._members[(target, left_out)] = np.empty(0) if n < 2 else _distance_to_others(
+                rows, np.repeat(rows.mean(axis=0, keepdims=True), n, axis=0), np.full(n, n), self.centroids.metric)
+        return self._members[(target, left_out)]
 
 
 def _by_share(counts: np.ndarray, ids: np.ndarray, sets: _Sets) -> list[int]:
