@@ -219,7 +219,7 @@ def test_an_index_answers_as_the_exact_search_and_the_output_says_which(store):
             assert x.neighbour_ids.tolist() == y.neighbour_ids.tolist()
             np.testing.assert_allclose(x.neighbour_distances, y.neighbour_distances, rtol=1e-6)
     text = invoke("--store", store, "trajectory", "id:5", "--model", "tiny", "-k", K).output
-    assert "conv2 flat index, fc exact (no l2 index)" in text
+    assert "searched: flat index: conv2; exact (no l2 index): fc" in text
 
 
 def test_too_large_a_k_is_lowered_and_said(store):
@@ -245,12 +245,13 @@ def test_the_plot_shows_each_trajectory(store, tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG" and min(image.size) >= 300
     figure = trajectory_figure(result)
-    panels = [ax for ax in figure.axes if ax.get_legend() is not None]
-    assert len(panels) == 2
-    for ax, query in zip(panels, result.queries):
+    panels = [ax for ax in figure.axes if "credibility" in ax.get_title()]
+    legends = [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
+    assert len(panels) == len(legends) == 2
+    for ax, legend, query in zip(panels, legends, result.queries):
         assert f"credibility {query.credibility:.2f}" in ax.get_title()
         assert ax.get_xlabel() and ax.get_ylabel()
-        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        texts = [t.get_text() for t in legend.get_texts()]
         assert "sea_cucumber: share (followed)" in texts and "sea_cucumber: rank by kNN share" in texts
         shares = ax.get_lines()[0].get_ydata()
         assert list(shares) == pytest.approx([s.target["share"] for s in query.steps])

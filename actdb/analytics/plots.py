@@ -290,16 +290,19 @@ def trajectory_figure(result, top: int = 3, figure=None):
     queries = result.queries[:MAX_TRAJECTORY_PANELS]
     columns = min(len(queries), TRAJECTORY_COLUMNS)
     rows = -(-len(queries) // columns)
-    fig = figures.figure(figure, figsize=(6.4 * columns, 5.2 * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
+    fig = figures.figure(figure, figsize=(6.4 * columns, 5.8 * rows), layout="constrained")
+    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[1, 0.2] * rows)  # each panel, its legend below
+    panels = [(fig.add_subplot(grid[2 * (n // columns), n % columns]),
+               fig.add_subplot(grid[2 * (n // columns) + 1, n % columns])) for n in range(len(queries))]
     depth = np.arange(1, len(result.layers) + 1)
     ticks = [layer if len(layer) <= 22 else layer[:20] + "…" for layer in result.layers]
     palette = plt.get_cmap("tab10" if len(result.classes) <= 10 else "tab20")
     colour = {c: palette(i % palette.N) for i, c in enumerate(result.classes)}  # one colour per class in every panel
-    for ax, query in zip(axes.flat, queries):
+    for (ax, legend_ax), query in zip(panels, queries):
         target = query.steps[0].target["class"]
         shares = {c: np.array([step.shares.get(c, 0.0) for step in query.steps]) for c in result.classes}
-        others = sorted((c for c in result.classes if c != target), key=lambda c: (-shares[c].max(), c))[:top]
+        others = sorted((c for c in result.classes if c != target and shares[c].any()),
+                        key=lambda c: (-shares[c].max(), c))[:top]  # the classes that come nearest
         ax.plot(depth, shares[target], color=colour[target], linewidth=3.2, marker="o", markersize=7,
                 markeredgecolor="black", zorder=5, label=f"{target}: share (followed)")
         for c in others:
@@ -321,13 +324,12 @@ def trajectory_figure(result, top: int = 3, figure=None):
         ranks.set_ylabel("rank of the followed class (1 = first)")
         lines, labels = ax.get_legend_handles_labels()
         rank_lines, rank_labels = ranks.get_legend_handles_labels()
-        ax.legend(lines + rank_lines, labels + rank_labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-                  ncol=2, frameon=False)
+        legend_ax.set_axis_off()
+        legend_ax.legend(lines + rank_lines, labels + rank_labels, fontsize=8, loc="upper center", ncol=2,
+                         frameon=False)
         own = f" (stored: {query.label})" if query.label else ""
         ax.set_title(f"{_query_label(query.query)}{own}\nDeep k-NN: {query.prediction}, credibility "
                      f"{query.credibility:.2f}, confidence {query.confidence:.2f}", fontsize=10)
-    for ax in list(axes.flat)[len(queries):]:
-        ax.set_axis_off()
     fig.suptitle(f"trajectory: {result.title}", fontsize=11)
     return fig
 

@@ -258,8 +258,11 @@ def trajectory(session, queries, model, layers, weights, reduce, metric, k, clas
 
     def text():
         click.echo(result.title)
-        click.echo(f"calibration: {result.calibration}; layers searched: "
-                   + ", ".join(f"{layer} {how}" for layer, how in result.search.items()))
+        searched: dict[str, list[str]] = {}
+        for layer, how in result.search.items():
+            searched.setdefault(how, []).append(layer)
+        click.echo(f"calibration: {result.calibration}; searched: "
+                   + "; ".join(f"{how}: {', '.join(layers)}" for how, layers in searched.items()))
         for query in result.queries:
             stored = "" if query.image_id is None else f" (stored image id:{query.image_id}: " \
                 f"{query.label or 'unlabelled'}, left out of its own neighbours)"
