@@ -199,6 +199,24 @@ def test_an_image_that_is_not_stored_is_searched_among_every_neighbour(store, tm
         assert step.neighbour_ids.tolist() == found.tolist()
 
 
+def test_an_optimized_image_is_searched_with_its_kept_vector_of_every_layer(store, stored, tiny_model_path):
+    rows, _ = stored
+    made = invoke("--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "tf", "--layer", "conv2",
+                  "--units", "3", "--steps", 2, "--size", 32, "--name", "u3", "--quiet")
+    assert made.exit_code == 0, made.output
+    db = actdb.open(store)
+    result = db.trajectory("optimized:u3", model="tiny", k=K)
+    query = result.queries[0]
+    assert query.query == "optimized:u3" and query.image_id is None
+    for step, layer in zip(query.steps, LAYERS):
+        kept = db.sql("SELECT vector FROM optimized_vectors WHERE name = 'u3' AND array_id = ?",
+                      [db.array("tiny", layer).id]).vector[0]
+        ids, values = rows[layer]
+        searched = ~np.isin(ids, result.calibration_ids)
+        found, _ = nearest(np.asarray(kept, np.float64), ids[searched], values[searched], K, "l2")
+        assert step.neighbour_ids.tolist() == found.tolist()
+
+
 def test_layers_follow_the_network_not_the_order_given(store):
     db = actdb.open(store)
     result = db.trajectory("id:2", model="tiny", layers="fc,conv2", k=K)
