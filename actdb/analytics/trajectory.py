@@ -435,7 +435,7 @@ class _Layer:
         return LayerStep(
             layer=self.name, neighbour_ids=ids, neighbour_distances=self.distances[q],
             neighbour_labels=sets.label_of[ids].tolist(),
-            shares={sets.classes[c]: counts[c] / len(ids) for c in _by_share(counts, ids, sets)},
+            shares={sets.classes[c]: float(counts[c] / len(ids)) for c in _by_share(counts, ids, sets)},
             centroid_distances={sets.classes[c]: float(to_centroids[c]) for c in by_centroid},
             nearest_class=sets.classes[by_centroid[0]])
 
