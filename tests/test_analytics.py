@@ -186,7 +186,7 @@ def test_tsne_map_equals_opentsne_for_the_seed_and_reuses_the_fit(store, run_cli
     np.testing.assert_allclose(images[["x", "y"]].to_numpy(), np.asarray(embedding), rtol=1e-4, atol=1e-4)
     assert_png(tmp_path / "tsne.png")
     again = db.map(model="tiny", layer="conv2", method="tsne", highlight=["id:9"], seed=2)
-    assert again.attrs["cached"] and len(list((store / "maps").glob("tsne-*.pkl"))) == 1
+    assert again.attrs["cached"] and len(list((store / "maps").glob("tsne-*.npy"))) == 1
     np.testing.assert_allclose(again[again.kind == "image"][["x", "y"]].to_numpy(), images[["x", "y"]].to_numpy(),
                                rtol=1e-6)
     placed = again[again.kind == "query"][["x", "y"]].to_numpy()

@@ -3,16 +3,18 @@ vectors placed into the same map and returned with it, so the plot can draw them
 notebooks' t-SNE plot drew two sea_cucumber images instead of the optimized one).
 
 t-SNE is openTSNE's: FFT-accelerated, and its `transform` places new points into a fitted
-embedding without refitting. Fitted t-SNE and UMAP maps are kept under STORE/maps/, keyed
-by everything they were fitted on (array, ids, method, parameters, seed): highlighting
-another query on the same map costs a `transform`, not a fit.
+embedding without refitting. Fitted t-SNE maps are kept under STORE/maps/ as plain data (the
+coordinates as .npy, never a pickle, beside a JSON of everything they were fitted on: array,
+its data version, ids, labels, method, perplexity, seed); what `transform` needs is rebuilt
+from them and the stored rows. Highlighting another query on the same map costs the
+affinities and a `transform`, not a fit. A damaged entry is dropped and refitted, with a note.
+PCA is refitted every time (milliseconds); UMAP, optional, is refitted too.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import pickle
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pandas as pd
 
 from ..choices import MAP_METHODS, check_choice
 from ..errors import ActdbError
-from ..files import atomic_path, checked_output
+from ..files import atomic_path, atomic_write, checked_output
 from ..resolve import resolve
 from ..results import table
 from ..store.stored_array import StoredArray
@@ -31,7 +33,7 @@ from .unitstats import unit_stats
 METHODS = MAP_METHODS
 MAPS_DIR = "maps"
 TSNE_PERPLEXITY = 30.0
-MAP_FORMAT = 1  # bump when what is pickled changes
+MAP_FORMAT = 2  # bump when what a cached map holds changes
 
 
 def map_points(db, array: StoredArray, *, method: str = "pca", classes: str | list[str] | None = None,
@@ -47,7 +49,7 @@ def map_points(db, array: StoredArray, *, method: str = "pca", classes: str | li
     if len(points) < 3:
         raise ActdbError(f"a map needs at least 3 points, the selection has {len(points)}: choose more classes")
     started = time.perf_counter()
-    embedding, cached = _fitted(db, array, method, points, vectors, seed)
+    embedding, cached, warnings = _fitted(db, array, method, points, vectors, seed)
     points[["x", "y"]] = _coordinates(method, embedding, vectors)
     fit_seconds = time.perf_counter() - started
     frames = [points]
@@ -60,7 +62,7 @@ def map_points(db, array: StoredArray, *, method: str = "pca", classes: str | li
         points.attrs["place_seconds"] = time.perf_counter() - started
     result = pd.concat(frames, ignore_index=True)
     result["id"] = result["id"].astype("Int64")
-    return table(result, **points.attrs, fit_seconds=fit_seconds, cached=cached,
+    return table(result, warnings=warnings, **points.attrs, fit_seconds=fit_seconds, cached=cached,
                  title=f"{array.describe()}: {_method_title(method)} of "
                        f"{'class centroids' if centroids else 'stored images'}")
 
@@ -86,32 +88,73 @@ def _method_title(method: str) -> str:
 
 
 def _fitted(db, array, method: str, points: pd.DataFrame, vectors: np.ndarray, seed: int):
-    """The fitted model: PCA is refitted (milliseconds); t-SNE and UMAP come from the store's cache."""
+    """(the fitted model, whether it came from the cache, warnings)."""
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        return PCA(n_components=2, random_state=seed).fit(vectors), False
-    key = _cache_key(array, method, points, seed)
-    path = db.path / MAPS_DIR / f"{method}-{key}.pkl"
-    if path.is_file():
-        with open(path, "rb") as f:
-            return pickle.load(f), True
-    embedding = _fit_tsne(vectors, seed) if method == "tsne" else _fit_umap(vectors, seed)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(embedding, f)
-    tmp.rename(path)  # a killed run leaves no half-written map
-    return embedding, False
+        return PCA(n_components=2, random_state=seed).fit(vectors), False, []
+    if method == "umap":
+        return _fit_umap(vectors, seed), False, []
+    identity = _identity(array, points, seed, len(vectors))
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
+    coordinates_file = db.path / MAPS_DIR / f"{method}-{key}.npy"
+    cached, problem = _read_cached(coordinates_file, identity)
+    if cached is not None:
+        return _tsne_embedding(cached, vectors, seed), True, []
+    embedding = _fit_tsne(vectors, seed)
+    warnings = [f"the cached t-SNE map {coordinates_file.name} was {problem}: refitted"] if problem else []
+    try:
+        _write_cached(coordinates_file, identity, np.asarray(embedding))
+    except OSError as exc:
+        warnings.append(f"the map is not cached ({exc.strerror}): the next call fits it again")
+    return embedding, False, warnings
 
 
-def _cache_key(array, method: str, points: pd.DataFrame, seed: int) -> str:
-    identity = {"format": MAP_FORMAT, "array": array.id, "rows_done": None, "method": method,
-                "seed": seed, "kind": points.kind.iloc[0], "labels": points.label.tolist(),
-                "ids": [None if pd.isna(i) else int(i) for i in points.id]}
-    if points.kind.iloc[0] == "centroid":
-        identity["rows_done"] = array.rows_done  # class means move as rows are added
-    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
+def _identity(array, points: pd.DataFrame, seed: int, n: int) -> dict:
+    """Everything a t-SNE map is fitted from: its cache key, kept beside it in JSON."""
+    return {"format": MAP_FORMAT, "array": array.id, "data_version": array.data_version, "method": "tsne",
+            "perplexity": tsne_perplexity(n), "seed": seed, "kind": points.kind.iloc[0],
+            "labels": points.label.tolist(), "ids": [None if pd.isna(i) else int(i) for i in points.id]}
+
+
+def _read_cached(path: Path, identity: dict) -> tuple[np.ndarray | None, str | None]:
+    """The cached coordinates, or None and what was wrong with them (None: not cached)."""
+    sidecar = path.with_suffix(".json")
+    if not path.exists() and not sidecar.exists():
+        return None, None
+    try:
+        recorded = json.loads(sidecar.read_text())
+        data = path.read_bytes()
+        coordinates = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        return None, f"unreadable ({type(exc).__name__})"
+    n = len(identity["ids"])
+    if not isinstance(recorded, dict) or recorded.get("identity") != identity:
+        return None, "recorded for other points"
+    if recorded.get("sha256") != hashlib.sha256(data).hexdigest():
+        return None, "changed since it was written (checksum mismatch)"
+    if coordinates.shape != (n, 2) or coordinates.dtype != np.float64 or not np.isfinite(coordinates).all():
+        return None, f"damaged (shape {coordinates.shape}, {coordinates.dtype})"
+    return coordinates, None
+
+
+def _write_cached(path: Path, identity: dict, coordinates: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, coordinates.astype(np.float64), allow_pickle=False)
+    data = buffer.getvalue()
+    atomic_write(path, data)  # a killed run leaves no half-written map
+    atomic_write(path.with_suffix(".json"), json.dumps({"identity": identity,
+                                                        "sha256": hashlib.sha256(data).hexdigest()}).encode())
+
+
+def _tsne_embedding(coordinates: np.ndarray, vectors: np.ndarray, seed: int):
+    """A fitted openTSNE embedding rebuilt from its coordinates and the rows it was fitted on:
+    the same affinities (same perplexity and seed), so `transform` places queries as the fit would."""
+    from openTSNE import TSNEEmbedding
+    from openTSNE.affinity import PerplexityBasedNN
+
+    affinities = PerplexityBasedNN(vectors, perplexity=tsne_perplexity(len(vectors)), random_state=seed, n_jobs=1)
+    return TSNEEmbedding(coordinates, affinities, random_state=seed)
 
 
 def tsne_perplexity(n_points: int) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -57,9 +58,8 @@ def unit_stats(db, array: StoredArray, refresh: bool = False) -> UnitStats:
     if stored is not None:
         return stored
     labels = db.labels(array)
-    rows_done = array.rows_done
     stats = compute(selection.stream(db, array, labels), labels, array.channels)
-    _write(db, array, stats, rows_done)
+    _write(db, array, stats)
     return stats
 
 
@@ -70,10 +70,13 @@ def _read(db, array: StoredArray) -> UnitStats | None:
                              ).fetchone()[0]
         if not exists:
             return None
-        rows = con.execute(
-            f"SELECT class, members, mean::FLOAT[{channels}] AS mean, std::FLOAT[{channels}] AS std, rows_done "
-            "FROM unit_stats WHERE array_id = ? ORDER BY class", [array.id]).fetchnumpy()
-    if len(rows["class"]) == 0 or int(rows["rows_done"][0]) != array.rows_done:
+        try:
+            rows = con.execute(
+                f"SELECT class, members, mean::FLOAT[{channels}] AS mean, std::FLOAT[{channels}] AS std, "
+                "data_version FROM unit_stats WHERE array_id = ? ORDER BY class", [array.id]).fetchnumpy()
+        except duckdb.Error:  # made before data versions, or not the table actdb wrote: recompute
+            return None
+    if len(rows["class"]) == 0 or rows["data_version"][0] != array.data_version:
         return None
     classes = np.asarray(rows["class"], dtype=object)
     mean, std = (np.stack(rows[c]).astype(np.float64) for c in ("mean", "std"))
@@ -82,7 +85,7 @@ def _read(db, array: StoredArray) -> UnitStats | None:
                      np.asarray(rows["members"])[~every].astype(np.int64), mean[~every], std[~every])
 
 
-def _write(db, array: StoredArray, stats: UnitStats, rows_done: int) -> None:
+def _write(db, array: StoredArray, stats: UnitStats) -> None:
     frame = pd.DataFrame({
         "class": [ALL_ROWS, *stats.classes],
         "members": [stats.members, *stats.class_members],
@@ -90,8 +93,18 @@ def _write(db, array: StoredArray, stats: UnitStats, rows_done: int) -> None:
         "std": [row.astype(np.float32).tolist() for row in np.vstack([stats.std, stats.class_std])],
     })
     with db.catalog.write() as con:
+        if _outdated_table(con):
+            con.execute("DROP TABLE unit_stats")  # derived only: rebuilt below from the stored rows
         con.execute(UNIT_STATS_TABLE)
         con.execute("DELETE FROM unit_stats WHERE array_id = ?", [array.id])
         con.register("new_unit_stats", frame)
-        con.execute("INSERT INTO unit_stats (array_id, class, members, mean, std, rows_done) "
-                    "SELECT ?, class, members, mean, std, ? FROM new_unit_stats", [array.id, rows_done])
+        con.execute("INSERT INTO unit_stats (array_id, class, members, mean, std, rows_done, data_version) "
+                    "SELECT ?, class, members, mean, std, ?, ? FROM new_unit_stats",
+                    [array.id, array.rows_done, array.data_version])
+
+
+def _outdated_table(con) -> bool:
+    """A unit_stats table without the columns this version writes (older actdb, or replaced)."""
+    columns = {row[0] for row in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'unit_stats'").fetchall()}
+    return bool(columns) and not {"array_id", "class", "members", "mean", "std", "data_version"} <= columns

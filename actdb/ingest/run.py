@@ -17,7 +17,7 @@ from ..choices import DTYPES, ENGINES, REDUCTIONS, RESIZE_MODES, check_choice
 from ..errors import ActdbError, Terminated
 from ..models import forward, load_model, weights_digest
 from ..store import arrays
-from ..store.catalog import Catalog
+from ..store.catalog import Catalog, next_array_id
 from ..store.integrity import check_layout
 from ..store.locks import writer_lock
 from . import plan as planning
@@ -162,7 +162,7 @@ def _register_arrays(store: Path, catalog: Catalog, model_id: int, loaded, extra
                           "resize": options.resize, "rows": "row i is images.id = i in catalog.duckdb"}
             zarr_array = arrays.create(store, path, n_images, out.channels, options.dtype, attributes)
             with catalog.write() as con:
-                array_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM arrays").fetchone()[0]
+                array_id = next_array_id(con)
                 con.execute(
                     "INSERT INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [array_id, model_id, out.layer, options.reduce, out.channels, options.dtype,

@@ -82,6 +82,8 @@ def _refresh(db, existing: pd.Series, ids, zarr_array, metric, kind) -> dict | N
         return None
     index = faiss_index.load_index(path)
     indexed = faiss.vector_to_array(index.id_map)
+    if np.setdiff1d(indexed, ids).size:
+        return None  # it holds rows no longer stored: rebuilt, not patched
     new_ids = np.setdiff1d(ids, indexed)
     added = 0
     if len(new_ids):
@@ -97,13 +99,14 @@ def _refresh(db, existing: pd.Series, ids, zarr_array, metric, kind) -> dict | N
 
 def _record(db, array, metric: str, report: dict, centroids: class_ranking.ClassCentroids) -> None:
     with db.catalog.write() as con:
+        con.execute("ALTER TABLE indexes ADD COLUMN IF NOT EXISTS data_version VARCHAR")  # stores made before it
         con.execute("DELETE FROM indexes WHERE array_id = ? AND metric = ?", [array.id, metric])
         con.execute(
             "INSERT INTO indexes (array_id, metric, kind, factory, params, n_rows, recall_at_10, eval_queries, "
-            "build_seconds, file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "build_seconds, file, data_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [array.id, metric, report["kind"], report["factory"], json.dumps(report["search_params"]),
              report["n_rows"], report["recall_at_10"], report["n_eval_queries"], report["build_seconds"],
-             report["file"]],
+             report["file"], array.data_version],
         )
         con.execute("DELETE FROM class_centroids WHERE array_id = ? AND metric = ?", [array.id, metric])
         frame = pd.DataFrame({"label": centroids.labels, "members": centroids.counts,
@@ -146,16 +149,35 @@ def _missing_index(message: str, array: StoredArray, metric: str) -> ActdbError:
 
 
 def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
-    """The array's index record, and a warning if rows were ingested since it was built."""
+    """The array's index record, and a warning if rows were ingested since it was built.
+
+    Refused when rows it holds are no longer stored (unmarked by `check --repair`): their
+    neighbours and the class centroids would be answers about data the store disowns."""
     row = indexes.index_record(db, array, metric)
     if row is None:
         raise _missing_index(f"no {metric} index for {array.name} yet", array, metric)
-    behind = array.rows_done - int(row.n_rows)
+    if row.get("data_version") == array.data_version:
+        return row, []
+    indexed = _indexed_ids(db, row)
+    stored = db.done_ids(array)
+    removed = np.setdiff1d(indexed, stored).size
+    if removed:
+        raise ActdbError(f"the {metric} index of {array.name} holds {removed} rows that are no longer stored: "
+                         f"rebuild it with `{_index_hint(array, metric)} --rebuild`")
+    behind = len(stored) - len(indexed)
     warnings = []
     if behind > 0:
         warnings.append(f"the index and class centroids are behind: {behind} rows ingested since they were built "
                         f"are not searched; run `{_index_hint(array, metric)}`")
     return row, warnings
+
+
+def _indexed_ids(db, row: pd.Series) -> np.ndarray:
+    path = db.path / INDEX_DIR / row.file
+    if not path.is_file():
+        return np.zeros(0, np.int64)
+    index = faiss_index.load_index(path)  # held while its id map is copied: the map lives inside it
+    return faiss.vector_to_array(index.id_map)
 
 
 def _open_index(db, array, metric: str) -> tuple[faiss.Index, list[str]]:

@@ -88,6 +88,7 @@ CREATE TABLE indexes (
     build_seconds DOUBLE,
     file VARCHAR NOT NULL,         -- inside indexes/
     built_at TIMESTAMP DEFAULT current_timestamp,
+    data_version VARCHAR,          -- the array's data version it was built at (NULL: before versions)
     PRIMARY KEY (array_id, metric)
 );
 CREATE TABLE class_centroids (
@@ -146,11 +147,32 @@ CREATE TABLE IF NOT EXISTS unit_stats (
     members BIGINT NOT NULL,       -- finite rows counted
     mean FLOAT[] NOT NULL,         -- per channel
     std FLOAT[] NOT NULL,          -- per channel, population (ddof 0)
-    rows_done BIGINT NOT NULL,     -- done rows of the array when computed: any other count now means stale
+    rows_done BIGINT NOT NULL,     -- done rows of the array when computed
+    data_version VARCHAR NOT NULL, -- the array's data version (digest of its done ids) when computed: else stale
     computed_at TIMESTAMP DEFAULT current_timestamp,
     PRIMARY KEY (array_id, class)
 );
 """
+
+# Tables whose rows are keyed by an array id: what a dropped array leaves behind.
+ARRAY_KEYED_TABLES = ("done", "class_centroids", "indexes", "unit_stats", "optimized_vectors")
+
+
+def table_names(con) -> set[str]:
+    return {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def next_array_id(con) -> int:
+    """A new array's id, never one used before: a reused id would inherit whatever derived
+    data (statistics, vectors, maps) is still keyed by the dropped array's."""
+    if not con.execute("SELECT count(*) FROM duckdb_sequences() WHERE sequence_name = 'array_ids'").fetchone()[0]:
+        used = [con.execute("SELECT coalesce(max(id), 0) FROM arrays").fetchone()[0]]
+        present = table_names(con)
+        used += [con.execute(f"SELECT coalesce(max(array_id), 0) FROM {t}").fetchone()[0]
+                 for t in ARRAY_KEYED_TABLES if t in present]
+        con.execute(f"CREATE SEQUENCE array_ids START WITH {max(used) + 1}")
+    return int(con.execute("SELECT nextval('array_ids')").fetchone()[0])
+
 
 _LOCK_RETRY_SECONDS = 10.0
 

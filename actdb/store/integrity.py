@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ActdbError
 from . import arrays
-from .catalog import CATALOG_FILE, INDEX_DIR, Catalog, missing_store_message
+from .catalog import ARRAY_KEYED_TABLES, CATALOG_FILE, INDEX_DIR, Catalog, missing_store_message, table_names
 from .locks import writer_lock
 from .stored_array import StoredArray
 
@@ -172,9 +172,12 @@ def _apply(db, fixes: _Fixes) -> list[str]:
             con.execute("DELETE FROM done WHERE array_id = ? AND image_id IN (SELECT unnest(?::BIGINT[]))",
                         [array_id, ids.tolist()])
             done.append(f"array {array_id}: {len(ids)} rows unmarked; the same ingest recomputes them")
+        present = table_names(con)
         for array_id in fixes.drop_arrays:
-            for table in ("done", "class_centroids", "indexes", "arrays"):
-                con.execute(f"DELETE FROM {table} WHERE {'id' if table == 'arrays' else 'array_id'} = ?", [array_id])
+            for table in (*ARRAY_KEYED_TABLES, "arrays"):
+                if table in present:
+                    con.execute(f"DELETE FROM {table} WHERE {'id' if table == 'arrays' else 'array_id'} = ?",
+                                [array_id])
             done.append(f"array {array_id}: dropped from the catalog (its Zarr array is gone)")
         for array_id, metric in fixes.drop_indexes:
             con.execute("DELETE FROM indexes WHERE array_id = ? AND metric = ?", [array_id, metric])

@@ -19,10 +19,13 @@ from .stored_array import StoredArray
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 ARRAYS_QUERY = """
+WITH marked AS (SELECT array_id, count(*) AS n,
+                       printf('%d.%d.%s', count(*), bit_xor(hash(image_id)), sum(hash(image_id))::VARCHAR) AS ids
+                FROM done GROUP BY array_id)
 SELECT a.id, m.name AS model, m.weights, m.weights_digest, a.layer, a.reduce, a.channels, a.dtype, a.precision,
-       a.resize, a.zarr_path, (SELECT count(*) FROM done d WHERE d.array_id = a.id) AS rows_done,
+       a.resize, a.zarr_path, coalesce(marked.n, 0) AS rows_done, left(md5(coalesce(marked.ids, '0')), 16) AS data_version,
        m.id AS model_id, m.preprocess, m.input_size, m.model_path, m.weights_path
-FROM arrays a JOIN models m ON m.id = a.model_id ORDER BY a.id
+FROM arrays a JOIN models m ON m.id = a.model_id LEFT JOIN marked ON marked.array_id = a.id ORDER BY a.id
 """
 
 

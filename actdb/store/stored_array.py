@@ -26,6 +26,7 @@ class StoredArray:
     resize: str  # center-crop | squash
     zarr_path: str  # inside activations.zarr
     rows_done: int
+    data_version: str  # a digest of the done row ids: changes whenever rows are marked done or unmarked
     model_id: int
     preprocess: str
     input_size: int
