@@ -380,6 +380,30 @@ class Database(Store):
             _save(lambda plots: plots.comparison_heatmap(result), plot)
         return result
 
+    def trajectory(self, queries, *, model: str, layers: str | list[str] = "all", weights: str | None = None,
+                   reduce: str = "mean", metric: str = "l2", k: int = 75, class_name: str | None = None,
+                   calibration: float = 0.1, calibration_where: str | None = None, exact: bool = False,
+                   seed: int = 0, plot: str | Path | None = None):
+        """Where each query (image file, `id:N`, `optimized:NAME`) becomes its class, layer by layer
+        over `model`'s stored arrays in the network's order: per layer its k nearest images, class
+        shares, nearest class by centroid and `class_name`'s ranks and percentile; across the layers,
+        Deep k-NN's p-values, prediction, credibility and confidence, calibrated on a seeded
+        `calibration` share of the labelled images (or those matching `calibration_where`), which
+        are never neighbours. A `Trajectory`; `plot`: the trajectories drawn."""
+        from .analytics import trajectory as deep_knn
+        from .files import checked_output
+
+        queries = _queries(queries)
+        deep_knn.check_arguments(queries, k=k, calibration=calibration, metric=metric)
+        plot = plot and checked_output(plot, _PNG)
+        found = deep_knn.choose_arrays(self, model, layers if layers == "all" else _names(layers), reduce, weights)
+        result = deep_knn.trajectory(self, found, queries, metric=metric, k=k, class_name=class_name,
+                                     calibration=calibration, calibration_where=calibration_where, exact=exact,
+                                     seed=seed)
+        if plot:
+            _save(lambda plots: plots.trajectory_figure(result), plot)
+        return result
+
     # -- the demo ---------------------------------------------------------------------------------
 
     def demo(self, *, model: str | None = None, views: int = 8, progress: bool = False):

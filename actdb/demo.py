@@ -16,11 +16,14 @@ import pandas as pd
 from .models import KERAS_APPLICATIONS, keras_cache_dir
 from .resolve import resolve
 
-# Layers worth storing per demo model (a late conv stage, the pooled features), and the one queried.
+# Layers worth storing per demo model (one per stage, so that the trajectory has a depth axis; the
+# pooled features), and the one queried. One forward pass computes them all: more layers cost little.
 DEMO_LAYERS = {
-    "efficientnet_lite0": ("block6a_project_bn,top_activation,avg_pool", "avg_pool"),
-    "vgg19": ("block5_conv4,fc2", "block5_conv4"),
+    "efficientnet_lite0": ("block2b_add,block3b_add,block4c_add,block5c_add,block6a_project_bn,block7a_project_bn,"
+                           "top_activation,avg_pool", "avg_pool"),
+    "vgg19": ("block3_conv4,block4_conv4,block5_conv4,fc2", "block5_conv4"),
 }
+TRAJECTORY_K = 5  # the paper's 75 is more than a demo class holds
 
 # The circuits part, on the offline model: a circuit (expanded weights into block 3 from block 2's
 # output), block 2's feature maps on the cat, and differentiation at every block's output.
@@ -132,7 +135,8 @@ class Step:
 def story(db, model: str | None = None, views: int = 8, progress: bool = False) -> Iterator[Step]:
     """The main job end to end on real photos: ingest, classify, index, nearest images and
     classes; optimized images, classified and placed among the stored classes; the analytics
-    with their plots (STORE/plots/); `info` last. Each step runs before the next is made."""
+    with their plots (STORE/plots/), a trajectory across the stored layers among them; `info`
+    last. Each step runs before the next is made."""
     model = model or default_model()
     stored_layers, query_layer = DEMO_LAYERS[model]
     folder, originals = build_image_set(db.path, views)
@@ -149,6 +153,7 @@ def story(db, model: str | None = None, views: int = 8, progress: bool = False) 
                "   what EfficientNet-Lite0/1/2 call each image, and its nearest class in this store",
                show=lambda: optimized_story(db, model, query_layer, progress))
     yield from _analytics(db, model, query_layer, queries)
+    yield _trajectory_step(db, model, queries)
     yield from _circuits_maps_differentiation(db, folder, originals, views)
     yield Step("\n== actdb info", ("info",))
 
@@ -173,6 +178,17 @@ def _analytics(db, model: str, layer: str, queries: list[str]) -> Iterator[Step]
                ("top-images", *array, "--unit", unit, "-k", "8", "--montage", str(plots / "top-images.png")))
     yield Step(f"\n== actdb top-classes --unit {unit} --by mean",
                ("top-classes", *array, "--unit", unit, "--top", "6", "--plot", str(plots / "top-classes.png")))
+
+
+def _trajectory_step(db, model: str, queries: list[str]) -> Step:
+    """The sea_cucumber logit image and a new view of the coffee photo, every stored layer deep."""
+    logit = db.sql("SELECT name FROM optimized_images WHERE objective = 'logit' ORDER BY created LIMIT 1").name[0]
+    coffee = next(q for q in queries if "coffee" in Path(q).name)
+    return Step(f"\n== actdb trajectory optimized:{logit} {Path(coffee).name} -k {TRAJECTORY_K}: where each becomes "
+                "its class, layer by layer,\n   and how sure that is (Deep k-NN credibility; each follows its "
+                "predicted class)",
+                ("trajectory", f"optimized:{logit}", coffee, "--model", model, "-k", str(TRAJECTORY_K),
+                 "--plot", str(db.path / "plots" / "trajectory.png")))
 
 
 def _circuits_maps_differentiation(db, folder: Path, originals: list[Path], views: int) -> Iterator[Step]:

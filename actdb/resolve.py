@@ -29,9 +29,10 @@ class Queries:
     image_ids: list[int | None]  # the stored image a query is, if it is one
 
 
-def resolve(db, array: StoredArray, queries: list) -> Queries:
+def resolve(db, array: StoredArray, queries: list, computed: dict[str, np.ndarray] | None = None) -> Queries:
     """Vectors for every QUERY, files batched through one model load. From Python a query may
-    also be a NumPy vector; it is named `vector:POSITION` in the results."""
+    also be a NumPy vector; it is named `vector:POSITION` in the results. `computed`: vectors
+    of image files already run through the array's model (see `resolve_in_arrays`)."""
     if not len(queries):
         raise ActdbError("give at least one QUERY: an image file, id:N, optimized:NAME or a .npy vector")
     queries = list(queries)
@@ -53,12 +54,46 @@ def resolve(db, array: StoredArray, queries: list) -> Queries:
             if not Path(text).is_file():
                 raise ActdbError(f"query {text!r} is not a file, id:N, optimized:NAME or a .npy vector")
             files.append(position)
-    if files:
-        computed = file_vectors(db, array, [queries[p] for p in files])
-        for position, vector in zip(files, computed):
-            vectors[position] = vector
-            image_ids[position] = _stored_id_of_file(db, array, queries[position])
+    computed = dict(computed or {})
+    pending = list(dict.fromkeys(queries[p] for p in files if queries[p] not in computed))
+    if pending:
+        computed.update(zip(pending, file_vectors(db, array, pending)))
+    for position in files:
+        vectors[position] = computed[queries[position]]
+        image_ids[position] = _stored_id_of_file(db, array, queries[position])
     return Queries(list(queries), np.stack(vectors).astype(np.float32), image_ids)
+
+
+def resolve_in_arrays(db, stored: list[StoredArray], queries: list[str]) -> list[Queries]:
+    """Every QUERY in each of several arrays (one `Queries` per array, in order), image files
+    run once per model and settings for all those arrays' layers, not once per layer. Every
+    query is checked before a model runs."""
+    files = []
+    for text in queries:
+        if text.startswith("id:"):
+            _parse_id(text)
+        elif text.startswith(OPTIMIZED_PREFIX):
+            optimized_name(db, text)
+        elif not text.endswith(".npy"):
+            if not Path(text).is_file():
+                raise ActdbError(f"query {text!r} is not a file, id:N, optimized:NAME or a .npy vector")
+            files.append(text)
+    computed: dict[int, dict[str, np.ndarray]] = {}
+    if files:
+        files = list(dict.fromkeys(files))
+        groups: dict[tuple, list[StoredArray]] = {}
+        for array in stored:
+            groups.setdefault(_forward_settings(db, array), []).append(array)
+        for group in groups.values():
+            vectors = _files_through_layers(db, group[0], [a.layer for a in group], files)
+            for array in group:
+                computed[array.id] = dict(zip(files, vectors[array.layer]))
+    return [resolve(db, array, queries, computed.get(array.id)) for array in stored]
+
+
+def _forward_settings(db, array: StoredArray) -> tuple:
+    """What a forward pass depends on besides the layer: arrays that share it share one model run."""
+    return array.model_id, array.precision, array.resize, array.reduce, _ingest_batch_size(db, array)
 
 
 def _parse_id(text: str) -> int:
@@ -158,8 +193,7 @@ def optimized_vectors_in_every_array(db, names: list[str] | None = None) -> None
     have = set() if kept is None else set(zip(kept.name, kept.array_id))
     groups: dict[tuple, list[StoredArray]] = {}
     for array in db.arrays():
-        settings = (array.model_id, array.precision, array.resize, array.reduce, _ingest_batch_size(db, array))
-        groups.setdefault(settings, []).append(array)
+        groups.setdefault(_forward_settings(db, array), []).append(array)
     for group in groups.values():
         lacking = pngs[[any((n, a.id) not in have for a in group) for n in pngs.name]]
         if lacking.empty:

@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from actdb.query.classes import class_centroids, rank_classes
-from actdb.query.index import build_index, choose_kind, save_index, search
+from actdb.knn.index import build_index, choose_kind, save_index, search
 
 LATENT_DIM = 64
 BLOCK_ROWS = 65_536

@@ -92,6 +92,7 @@ JSON_COMMANDS = {
     "top-classes": [*ARRAY, "--unit", "0"],
     "profile": ["id:0", *ARRAY],
     "compare": ["--model", "tiny", "--layers", "conv2,fc"],
+    "trajectory": ["id:0", "--model", "tiny", "-k", "3", "--class", "tench"],
     "predict": ["IMAGE", "--models", "MODEL"],
     "weights": [*NETWORK, "--layer", "conv2", "--unit", "0"],
     "featuremaps": ["IMAGE", *NETWORK, "--layer", "conv1"],

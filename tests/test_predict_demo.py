@@ -77,9 +77,11 @@ def test_demo_runs_end_to_end(tmp_path, run_cli):
     assert logit_row.split()[4] == "sea_cucumber"  # EfficientNet-Lite0's top-1 for its own sea_cucumber logit image
     assert (tmp_path / "demo" / "plots" / "optimized.png").is_file()
     plots = tmp_path / "demo" / "plots"
-    for name in ("distances", "map-tsne", "profile", "top-images", "top-classes"):
+    for name in ("distances", "map-tsne", "profile", "top-images", "top-classes", "trajectory"):
         assert (plots / f"{name}.png").stat().st_size > 10_000, name
     distances = result.output.split("== actdb distances")[1].split("== actdb map")[0]
     assert "        espresso  " in distances.split("from ")[1].splitlines()[2]  # the coffee view: espresso ranks first
+    trajectory = result.output.split("== actdb trajectory")[1].split("== actdb weights")[0]
+    assert "coffee_001.JPEG: Deep k-NN predicts espresso" in trajectory  # a real photo: its own class
     again = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
     assert "ingested 0, skipped 12" in again.output

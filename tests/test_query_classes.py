@@ -6,7 +6,7 @@ from scipy.spatial.distance import cdist
 
 from actdb.errors import ActdbError
 from actdb.query.classes import class_centroids, rank_classes
-from actdb.query.index import build_index
+from actdb.knn.index import build_index
 
 SCIPY_METRIC = {"l2": "euclidean", "cosine": "cosine", "correlation": "correlation"}
 DIM = 32

@@ -5,7 +5,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from actdb.errors import ActdbError
-from actdb.query.index import (
+from actdb.knn.index import (
     add_to_index,
     apply_search_params,
     build_index,

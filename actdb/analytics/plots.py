@@ -277,3 +277,62 @@ def comparison_heatmap(comparison, ax=None):
     fig.suptitle(f"{METHOD_TITLES[comparison.method]} between {between}\n"
                  f"(stored arrays, {comparison.images} images{detail})")
     return fig
+
+
+MAX_TRAJECTORY_PANELS = 6
+TRAJECTORY_COLUMNS = 3
+
+
+def trajectory_figure(result, top: int = 3, figure=None):
+    """Per query, against depth: the followed class's share of the k nearest images (bold), the
+    `top` other classes' shares, and (right axis) the followed class's rank by kNN share and by
+    centroid distance; the Deep k-NN prediction, credibility and confidence in each title."""
+    queries = result.queries[:MAX_TRAJECTORY_PANELS]
+    columns = min(len(queries), TRAJECTORY_COLUMNS)
+    rows = -(-len(queries) // columns)
+    fig = figures.figure(figure, figsize=(6.4 * columns, 5.8 * rows), layout="constrained")
+    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[1, 0.2] * rows)  # each panel, its legend below
+    panels = [(fig.add_subplot(grid[2 * (n // columns), n % columns]),
+               fig.add_subplot(grid[2 * (n // columns) + 1, n % columns])) for n in range(len(queries))]
+    depth = np.arange(1, len(result.layers) + 1)
+    ticks = [layer if len(layer) <= 22 else layer[:20] + "…" for layer in result.layers]
+    palette = plt.get_cmap("tab10" if len(result.classes) <= 10 else "tab20")
+    colour = {c: palette(i % palette.N) for i, c in enumerate(result.classes)}  # one colour per class in every panel
+    for (ax, legend_ax), query in zip(panels, queries):
+        target = query.steps[0].target["class"]
+        shares = {c: np.array([step.shares.get(c, 0.0) for step in query.steps]) for c in result.classes}
+        others = sorted((c for c in result.classes if c != target and shares[c].any()),
+                        key=lambda c: (-shares[c].max(), c))[:top]  # the classes that come nearest
+        ax.plot(depth, shares[target], color=colour[target], linewidth=3.2, marker="o", markersize=7,
+                markeredgecolor="black", zorder=5, label=f"{target}: share (followed)")
+        for c in others:
+            ax.plot(depth, shares[c], color=colour[c], linewidth=1.3, marker=".", alpha=0.9, label=f"{c}: share")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylabel(f"share of the k={result.k} nearest images")
+        ax.set_xticks(depth, ticks, rotation=40 if len(depth) > 3 else 0, ha="right" if len(depth) > 3 else "center",
+                      fontsize=8 if len(depth) > 8 else 9)
+        ax.set_xlabel("layer, in the network's order")
+        ax.grid(alpha=0.3)
+        ranks = ax.twinx()
+        ranks.plot(depth, [step.target["knn_rank"] for step in query.steps], color="0.25", linestyle="--",
+                   marker="s", markersize=4, label=f"{target}: rank by kNN share")
+        ranks.plot(depth, [np.nan if step.target["centroid_rank"] is None else step.target["centroid_rank"]
+                           for step in query.steps], color="0.45", linestyle=":", marker="^", markersize=5,
+                   label=f"{target}: rank by centroid distance")
+        ranks.set_ylim(len(result.classes) + 0.5, 0.5)  # rank 1 at the top
+        ranks.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ranks.set_ylabel("rank of the followed class (1 = first)")
+        lines, labels = ax.get_legend_handles_labels()
+        rank_lines, rank_labels = ranks.get_legend_handles_labels()
+        legend_ax.set_axis_off()
+        legend_ax.legend(lines + rank_lines, labels + rank_labels, fontsize=8, loc="upper center", ncol=2,
+                         frameon=False)
+        own = f" (stored: {query.label})" if query.label else ""
+        ax.set_title(f"{_query_label(query.query)}{own}\nDeep k-NN: {query.prediction}, credibility "
+                     f"{query.credibility:.2f}, confidence {query.confidence:.2f}", fontsize=10)
+    fig.suptitle(f"trajectory: {result.title}", fontsize=11)
+    return fig
+
+
+def _query_label(text: str) -> str:
+    return text if text.startswith(("id:", "optimized:")) else Path(text).name

@@ -1,4 +1,4 @@
-"""Analyses over stored rows: distances, map, top-images, top-classes, profile, compare."""
+"""Analyses over stored rows: distances, map, top-images, top-classes, profile, compare, trajectory."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -211,3 +211,69 @@ def compare(session, model, layers, models, layer, method, reduce, weights, wher
     emit(result, as_json, text, {"method": method, "images": result.images, "classes": result.classes,
                                  "names": result.names, "matrix": result.matrix.to_numpy(),
                                  "pairs": result.pairs()})
+
+
+@cli.command()
+@click.argument("queries", nargs=-1, required=True)
+@click.option("--model", required=True, help="Stored model.")
+@click.option("--layers", default="all", show_default=True,
+              help="Stored layers of --model, comma-separated, or all; taken in the network's order.")
+@click.option("--weights", help="Stored weights, when the model is stored under several.")
+@click.option("--reduce", type=click.Choice(choices.REDUCTIONS), default="mean", show_default=True,
+              help="Spatial reduction of the stored rows.")
+@metric_option
+@click.option("-k", "k", type=int, default=75, show_default=True, help="Nearest images per layer (the paper's 75).")
+@click.option("--class", "class_name", help="Follow this class: its kNN share and ranks, and the query's percentile "
+              "among its members' distances to its centroid, per layer (default: the prediction).")
+@click.option("--calibration", type=float, default=0.1, show_default=True,
+              help="Share of the labelled images held out (seeded) to calibrate the p-values; never neighbours.")
+@click.option("--calibration-where", help="SQL condition on images columns choosing the calibration images "
+              "instead of --calibration.")
+@click.option("--exact", is_flag=True, help="Search every layer exactly, even where an index exists.")
+@seed_option("Seed of the calibration share (0..4294967295).")
+@plot_option(help_text="Draw each query's trajectory to FILE.png.")
+@json_option
+@click.pass_obj
+def trajectory(session, queries, model, layers, weights, reduce, metric, k, class_name, calibration, calibration_where,
+               exact, seed, plot, as_json):
+    """Where each QUERY becomes its class, layer by layer, and how sure that is (Deep k-NN,
+    Papernot & McDaniel 2018).
+
+    QUERY: an image file, id:N or optimized:NAME (a .npy vector holds one layer only). Per
+    layer: the k nearest stored images and their classes, the nearest class by centroid, and
+    --class's ranks and percentile. Across the layers: each class's nonconformity (neighbours,
+    over all layers, of another class) and p-value against the calibration images; the
+    prediction (largest p), credibility (that p) and confidence (1 - the second largest).
+    Layers are searched with their index (`actdb index`, same --metric) where it holds every
+    neighbour image, else exactly; the output says which.
+
+    \b
+    actdb trajectory optimized:sea_cucumber photo.jpg --model vgg19 --class sea_cucumber --plot trajectory.png
+    actdb trajectory id:42 --model efficientnet_lite0 --layers block4a_project_bn,top_activation -k 25 --json
+    """
+    result = session.db().trajectory(list(queries), model=model, layers=layers, weights=weights, reduce=reduce,
+                                     metric=metric, k=k, class_name=class_name, calibration=calibration,
+                                     calibration_where=calibration_where, exact=exact, seed=seed, plot=plot)
+    _written("plot", plot)
+
+    def text():
+        click.echo(result.title)
+        searched: dict[str, list[str]] = {}
+        for layer, how in result.search.items():
+            searched.setdefault(how, []).append(layer)
+        click.echo(f"calibration: {result.calibration}; searched: "
+                   + "; ".join(f"{how}: {', '.join(layers)}" for how, layers in searched.items()))
+        for query in result.queries:
+            stored = "" if query.image_id is None else f" (stored image id:{query.image_id}: " \
+                f"{query.label or 'unlabelled'}, left out of its own neighbours)"
+            click.echo(f"\n{query.query}{stored}: Deep k-NN predicts {query.prediction}, credibility "
+                       f"{query.credibility:.3f}, confidence {query.confidence:.3f}")
+            frame = result.per_layer(query).drop(columns="query")
+            frame["percentile"] = frame["percentile"].map(lambda p: "" if p != p else f"{p:.0f}")
+            table(frame, "{:.2f}")
+            shown = list(query.p_values.items())[:4]
+            click.echo(f"p-values ({query.calibration_scores} calibration scores): "
+                       + ", ".join(f"{c} {p:.3f} (nonconformity {query.nonconformity[c]})" for c, p in shown)
+                       + (" ..." if len(query.p_values) > len(shown) else ""))
+
+    emit(result, as_json, text)

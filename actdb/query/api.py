@@ -1,14 +1,13 @@
 """Queries over a store: build/refresh indexes and class centroids, nearest images, nearest classes.
 
-The FAISS math lives in index.py / classes.py; this module only connects it to the
-store (Zarr rows, catalog metadata, index files under STORE/indexes/).
+The FAISS math lives in actdb/knn and classes.py; this module only connects it to the
+store (Zarr rows, catalog metadata, index files under STORE/indexes/: store/indexes.py).
 """
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import asdict
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -17,14 +16,14 @@ import pandas as pd
 from ..choices import check_choice, invalid
 from ..distance import check_metric
 from ..errors import ActdbError
+from ..knn import index as faiss_index
 from ..resolve import resolve
 from ..results import table
-from ..store import arrays
+from ..store import arrays, indexes
 from ..store.catalog import INDEX_DIR
 from ..store.locks import writer_lock
 from ..store.stored_array import StoredArray
 from . import classes as class_ranking
-from . import index as faiss_index
 
 
 def memory_budget_bytes() -> int:
@@ -46,7 +45,7 @@ def build(db, array: StoredArray, *, metric: str = "l2", kind: str = "auto",
         if len(ids) == 0:
             raise ActdbError(f"{array.name} has no stored rows yet: ingest images first")
         zarr_array = arrays.open_array(db.path, array.zarr_path)
-        existing = _index_row(db, array, metric)
+        existing = indexes.index_record(db, array, metric)
         report = _refresh(db, existing, ids, zarr_array, metric, kind) if existing is not None and not rebuild else None
         if report is None:
             report = _build_new(db, array, ids, zarr_array, metric, kind, recall)
@@ -69,7 +68,7 @@ def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
         arrays.iter_blocks(zarr_array, ids), dim, metric, chosen, valid_ids=ids,
         read_rows=lambda wanted: arrays.read_rows(zarr_array, wanted), recall_target=recall_target,
     )
-    path = _index_file(db, array, metric)
+    path = indexes.index_file(db, array, metric)
     faiss_index.save_index(index, path)
     report = asdict(built)
     report.update(file=path.name, action="built", requested_kind=kind, warnings=[note] if note else [])
@@ -117,18 +116,6 @@ def _record(db, array, metric: str, report: dict, centroids: class_ranking.Class
                     [array.id, metric])
 
 
-def _index_file(db, array, metric: str) -> Path:
-    folder = db.path / INDEX_DIR
-    folder.mkdir(exist_ok=True)
-    return folder / f"array{array.id}-{metric}.faiss"
-
-
-def _index_row(db, array, metric: str) -> pd.Series | None:
-    rows = db.sql("SELECT * FROM indexes WHERE array_id = ? AND metric = ?", [array.id, metric],
-                  memoize=True)
-    return None if rows.empty else rows.iloc[0]
-
-
 def _labels_by_id(db) -> np.ndarray:
     return db.memoized("labels_by_id", lambda: _read_labels_by_id(db))
 
@@ -166,7 +153,7 @@ def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
 
     Refused when rows it holds are no longer stored (unmarked by `check --repair`): their
     neighbours and the class centroids would be answers about data the store disowns."""
-    row = _index_row(db, array, metric)
+    row = indexes.index_record(db, array, metric)
     if row is None:
         raise _missing_index(f"no {metric} index for {array.name} yet", array, metric)
     if row.get("data_version") == array.data_version:
@@ -196,11 +183,9 @@ def _indexed_ids(db, row: pd.Series) -> np.ndarray:
 def _open_index(db, array, metric: str) -> tuple[faiss.Index, list[str]]:
     """The array's index with its tuned search effort, and a warning if it is behind."""
     row, warnings = _checked_index_row(db, array, metric)
-    path = db.path / INDEX_DIR / row.file
-    if not path.is_file():
-        raise _missing_index(f"the index file {path} is missing", array, metric)
-    index = faiss_index.load_index(path)
-    faiss_index.apply_search_params(index, json.loads(row.params) if row.params else {})
+    index = indexes.open_recorded_index(db, row)
+    if index is None:
+        raise _missing_index(f"the index file {db.path / INDEX_DIR / row.file} is missing", array, metric)
     return index, warnings
 
 

@@ -27,8 +27,8 @@ from ..choices import CLASS_RANKINGS, check_choice
 from ..distance import check_metric, pairwise_distances, prepare
 from ..errors import ActdbError
 from ..moments import GroupMoments
-from .index import search
-from .metrics import prepare_queries
+from ..knn.index import search
+from ..knn.metrics import prepare_queries
 
 LabelledBlocks = Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (ids, vectors, labels)
 

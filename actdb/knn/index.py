@@ -273,6 +273,23 @@ def search(
     return ids, distances
 
 
+def exact_search(queries: np.ndarray, blocks: Blocks, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The exact k nearest rows of each query among `(ids, vectors)` blocks streamed by (as
+    stored: prepared here; rows with NaN/inf skipped, as an index skips them): (ids, distances),
+    each (queries, k), sorted by (distance, id) as `search` sorts, padded with -1 / inf when
+    the blocks hold fewer than k rows. No index needed; one block is held at a time."""
+    check_metric(metric)
+    if k < 1:
+        raise ActdbError(f"k must be at least 1, got {k}")
+    nearest = _ExactTopK(prepare_queries(queries, metric), k, metric)
+    for ids, vectors in blocks:
+        vectors = np.asarray(vectors)
+        finite = np.isfinite(vectors).all(axis=1)
+        if finite.any():
+            nearest.update(np.asarray(ids, dtype=np.int64)[finite], prepare(vectors[finite], metric))
+    return nearest.ids, nearest.distances
+
+
 # --- building -----------------------------------------------------------------------
 
 
@@ -343,7 +360,7 @@ def _train(index: faiss.Index, kind: str, trainable_ids: np.ndarray, read_rows: 
 
 def _add_blocks(index, blocks: Blocks, metric: str, on_added=None) -> tuple[int, int]:
     """Add finite rows block by block; reject ids already present. Returns (added, skipped)."""
-    present = _presence(_indexed_ids(index))
+    present = _presence(indexed_ids(index))
     n_added = n_skipped = 0
     for ids, vectors in blocks:
         ids, vectors = np.asarray(ids, dtype=np.int64), np.asarray(vectors)
@@ -439,14 +456,15 @@ def _recall(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) -> floa
 # --- searching ----------------------------------------------------------------------
 
 
-def _indexed_ids(index) -> np.ndarray:
+def indexed_ids(index) -> np.ndarray:
+    """The image ids an index holds, in the order they were added."""
     return faiss.vector_to_array(index.id_map)
 
 
 def _indexed_subset(index, allowed_ids) -> np.ndarray:
     """The allowed ids that are in the index, sorted and unique."""
     allowed = np.unique(np.asarray(allowed_ids, dtype=np.int64).ravel())
-    present = _presence(_indexed_ids(index))
+    present = _presence(indexed_ids(index))
     allowed = allowed[(allowed >= 0) & (allowed < len(present))]
     return allowed[present[allowed]]
 
@@ -493,7 +511,7 @@ def _refined_search(index, queries, k, metric, candidates):
 
 def _exact_search(index, queries, k, metric, candidates):
     """Exact k nearest among `candidates` (all rows if None), reading vectors from the index."""
-    ids = _indexed_ids(index) if candidates is None else candidates
+    ids = indexed_ids(index) if candidates is None else candidates
     nearest = _ExactTopK(queries, k, metric)
     for start in range(0, len(ids), READ_BATCH_ROWS):
         batch = ids[start:start + READ_BATCH_ROWS]
