@@ -152,6 +152,19 @@ CREATE TABLE IF NOT EXISTS unit_stats (
 );
 """
 
+# Per committed chunk, the digest of its done rows (arrays.rows_digest), written in the very
+# transaction that marks those rows done: `check` compares it with the chunk as stored. Added
+# after schema version 1: created by new stores and by the first ingest into an older one.
+CHUNK_DIGESTS_TABLE = """
+CREATE TABLE IF NOT EXISTS chunk_digests (
+    array_id INTEGER NOT NULL,
+    chunk BIGINT NOT NULL,         -- the chunk of image ids [chunk * chunk_rows, (chunk + 1) * chunk_rows)
+    rows BIGINT NOT NULL,          -- done rows it covers
+    digest VARCHAR NOT NULL,       -- SHA-256 (hex) of those rows' ids (int64 LE) then values (stored dtype, LE)
+    PRIMARY KEY (array_id, chunk)
+);
+"""
+
 _LOCK_RETRY_SECONDS = 10.0
 
 # Every read session, the user's SQL among them, reaches only the catalog's own tables: no
@@ -193,6 +206,7 @@ class Catalog:
             con.execute(SCHEMA)
             con.execute(OPTIMIZED_SCHEMA)
             con.execute(UNIT_STATS_TABLE)
+            con.execute(CHUNK_DIGESTS_TABLE)
             con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
             con.executemany(
                 "INSERT INTO imagenet_classes VALUES (?, ?, ?)",
