@@ -141,9 +141,10 @@ def optimized_vectors(db, array: StoredArray, names: list[str]) -> np.ndarray:
         pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [missing])
         png_of = dict(zip(pngs.name, pngs.png))
         computed = file_vectors(db, array, [str(db.path / png_of[n]) for n in missing])
-        with db.catalog.write() as con:
-            con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                            [(n, array.id, v.tolist()) for n, v in zip(missing, computed)])
+        if db.catalog.writable():  # a read-only store: computed for this answer, not kept
+            with db.catalog.write() as con:
+                con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                                [(n, array.id, v.tolist()) for n, v in zip(missing, computed)])
         found.update(zip(missing, computed))
     return np.stack([np.asarray(found[n], np.float32) for n in names])
 

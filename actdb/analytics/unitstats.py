@@ -83,6 +83,8 @@ def _read(db, array: StoredArray) -> UnitStats | None:
 
 
 def _write(db, array: StoredArray, stats: UnitStats, rows_done: int) -> None:
+    if not db.catalog.writable():  # a read-only store: computed for this answer, not kept
+        return
     frame = pd.DataFrame({
         "class": [ALL_ROWS, *stats.classes],
         "members": [stats.members, *stats.class_members],

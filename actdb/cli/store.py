@@ -6,7 +6,7 @@ import pandas as pd
 
 from ..errors import ActdbError
 from . import cli
-from .options import json_option
+from .options import json_option, wait_option
 from .output import emit, table
 
 
@@ -54,9 +54,10 @@ def sql(session, query, as_json, as_csv):
 @cli.command()
 @click.option("--repair", is_flag=True, help="Unmark the rows of damaged chunks (the same ingest then recomputes "
               "them), drop broken or stale index files, add checksums to arrays made without them.")
+@wait_option
 @json_option
 @click.pass_context
-def check(ctx, repair, as_json):
+def check(ctx, repair, wait, as_json):
     """Verify the store: every done row's chunk exists, decodes (its crc32c checksum holds) and
     holds the rows its commit recorded (their digest), no NaN in done rows, arrays and catalog
     agree on shapes, index files match their records. Exit 1 if something is wrong.
@@ -65,7 +66,7 @@ def check(ctx, repair, as_json):
     actdb check
     actdb check --repair && actdb ingest SOURCE ...   # recompute what was lost
     """
-    report = ctx.obj.db().check(repair=repair)
+    report = ctx.obj.db().check(repair=repair, wait=wait)
 
     def text():
         counts = ", ".join(f"{n} {what}" for what, n in report["checked"].items())

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from ..errors import ActdbError
-from .locks import catalog_lock
+from .locks import catalog_lock, writable
 
 CATALOG_FILE = "catalog.duckdb"
 INDEX_DIR = "indexes"  # index files, named by indexes.file
@@ -193,6 +193,10 @@ class Catalog:
 
     def exists(self) -> bool:
         return self.path.is_file()
+
+    def writable(self) -> bool:
+        """False on a read-only directory or filesystem: a reading command keeps no cache there."""
+        return writable(self.store)
 
     def create(self) -> None:
         """Create the schema; the caller holds the writer lock."""

@@ -55,11 +55,12 @@ def check_layout(store: Path) -> None:
 CHECKSUMMED_SUFFIX = "-crc32c"  # where repair rewrites an array made before checksums
 
 
-def check(db, repair: bool = False) -> dict:
-    """Verify the store; with `repair`, fix what can be fixed (under the writer lock)."""
+def check(db, repair: bool = False, wait: bool = False) -> dict:
+    """Verify the store; with `repair`, fix what can be fixed (under the writer lock, taken before
+    anything is read: refused, or with `wait` waiting, while another process writes)."""
     if not repair:
         return _report(db, *_inspect(db), repaired=[])
-    with writer_lock(db.path, "actdb check --repair"):
+    with writer_lock(db.path, "actdb check --repair", wait):
         problems, fixes, checked, notes = _inspect(db)
         repaired = _apply(db, fixes)
     return _report(db, problems, fixes, checked, notes, repaired)
