@@ -239,6 +239,33 @@ def test_a_chunk_without_its_digest_cannot_be_vouched_for(built, tmp_path):
     assert [(p["problem"], p["rows"]) for p in report["problems"]] == [("unverified chunk", 8)]
 
 
+def test_nan_rows_that_were_committed_are_unmarked_and_the_rest_of_their_chunk_stays_vouched_for(built, tmp_path):
+    """A row committed as NaN (a model can output NaN) is not data: repair unmarks it alone and
+    records the digest of the chunk's other rows, which stay done."""
+    store = copy_of(built, tmp_path)
+    before = stored_values(store)
+    array_id, path, _, _ = array_rows(store)["B"]
+    zarr_array = zarr.open_array(str(store / "activations.zarr" / path), mode="r+")
+    zarr_array[17] = np.nan  # as if the ingest had computed and committed NaN for image 17
+    rows = np.arange(16, 24)
+    values = zarr_array[16:24]
+    with duckdb.connect(str(store / "catalog.duckdb")) as con:
+        con.execute("UPDATE chunk_digests SET digest = ? WHERE array_id = ? AND chunk = 2",
+                    [hashlib.sha256(rows.astype("<i8").tobytes() + values.astype("<f4").tobytes()).hexdigest(),
+                     array_id])
+    report = actdb.open(store).check()
+    assert [(p["problem"], p["rows"], p["detail"].endswith("ids 17")) for p in report["problems"]] == [
+        ("NaN rows", 1, True)]
+    actdb.open(store).check(repair=True)
+    with catalog(store) as con:
+        assert con.execute("SELECT rows FROM chunk_digests WHERE array_id = ? AND chunk = 2",
+                           [array_id]).fetchone() == (7,)
+    assert recorded_digests(store) == expected_digests(store)
+    assert actdb.open(store).check()["ok"]
+    assert invoke(*ingest_args(store, built["source"], built["model"])).exit_code == 0
+    np.testing.assert_array_equal(stored_values(store)["B"], before["B"])
+
+
 # ---- stores made before checksums ---------------------------------------------------------------
 
 def make_legacy(store: Path) -> None:

@@ -163,7 +163,11 @@ def _acquire(store: Path, command: str, wait: bool):
                 "or with --wait to wait for it (readers still work), or use another --store",
             ) from None
         print(f"actdb: {command} waits for {holder} to finish writing {store}", file=sys.stderr, flush=True)
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except BaseException:  # Ctrl-C while waiting
+            f.close()
+            raise
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"pid": os.getpid(), "command": command, "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
