@@ -26,6 +26,7 @@ from .choices import FLAT, check_integer, check_seed, invalid
 from .errors import ActdbError
 from .results import warnings_of  # noqa: F401 - how the CLI prints every result's advice
 from .store.catalog import missing_store_message
+from .store.locks import writing
 from .store.reader import Store, store_path
 from .store.stored_array import StoredArray
 from .units import parse_units  # noqa: F401 - the CLI checks unit lists while parsing
@@ -121,17 +122,21 @@ def differentiation(sets, *, model: str, weights: str = "imagenet", preprocess: 
 
 
 def optimize(*, out: str | Path | None = None, sheet: str | Path | None = None, progress: bool = False,
-             db: Store | None = None, **options) -> pd.DataFrame:
+             wait: bool = False, db: Store | None = None, **options) -> pd.DataFrame:
     """Optimized images (one row each), kept in the store `db` or written to the folder `out`.
     Options as `actdb optimize`: model, weights, preprocess, layer, units, objective, class_name,
-    negative, method, steps, lr, size, seed, diversity, snapshots, batch, name, overwrite."""
+    negative, method, steps, lr, size, seed, diversity, snapshots, batch, name, overwrite.
+    `wait`: if another process writes the store, wait for it (else refused before any work)."""
     from .optimize.run import OptimizeOptions, optimize as run
 
     try:
         chosen = OptimizeOptions(**options)
     except TypeError as exc:
         raise ActdbError(f"optimize: {exc}") from None
-    return run(db.path if db is not None else None, chosen, out=out, sheet=sheet, progress=progress)
+    if db is None:
+        return run(None, chosen, out=out, sheet=sheet, progress=progress)
+    with writing(db.path, "actdb optimize", wait):
+        return run(db.path, chosen, out=out, sheet=sheet, progress=progress)
 
 
 _PNG = (".png",)
@@ -172,11 +177,12 @@ class Database(Store):
 
     # -- ingest --------------------------------------------------------------------------------
 
-    def ingest(self, source: str | Path, *, progress: bool = False, **options):
+    def ingest(self, source: str | Path, *, progress: bool = False, wait: bool = False, **options):
         """Stream images from `source` through a model into this store (made if it does not exist).
         Options as `actdb ingest`: model, weights, preprocess, layers, reduce, classes, per_class,
         seed, limit, batch_size, resize, precision, dtype, predictions, commit_seconds, engine,
-        address, workers, gpus_per_worker, cpus_per_worker."""
+        address, workers, gpus_per_worker, cpus_per_worker. `wait`: if another process writes
+        the store, wait for it (else refused before any work)."""
         from .ingest.run import IngestOptions, ingest
 
         if isinstance(options.get("classes"), str):
@@ -185,35 +191,40 @@ class Database(Store):
             chosen = IngestOptions(**options)
         except TypeError as exc:
             raise ActdbError(f"ingest: {exc}") from None
-        summary = ingest(self.path, source, chosen, progress=progress)
-        from .resolve import optimized_vectors_in_every_array
+        with writing(self.path, "actdb ingest", wait):
+            summary = ingest(self.path, source, chosen, progress=progress)
+            from .resolve import optimized_vectors_in_every_array
 
-        optimized_vectors_in_every_array(type(self)(self.path))  # new arrays: the optimized images as queries
+            optimized_vectors_in_every_array(type(self)(self.path))  # new arrays: the optimized images as queries
         return summary
 
     # -- integrity ------------------------------------------------------------------------------
 
-    def check(self, *, repair: bool = False) -> dict:
-        """Verify every done row's chunk, the arrays' shapes and the index files; `repair` unmarks
-        damaged rows (the same ingest then recomputes exactly them) and drops broken index records."""
+    def check(self, *, repair: bool = False, wait: bool = False) -> dict:
+        """Verify every done row's chunk (crc32c, digest, finite), the arrays' shapes and the index
+        files; `repair` unmarks damaged rows (the same ingest then recomputes exactly them), drops
+        broken index records and adds checksums to arrays made without; `wait`: for repair, wait
+        for another writer instead of being refused."""
         from .store import integrity
 
-        return integrity.check(self, repair)
+        return integrity.check(self, repair, wait)
 
     # -- query: indexes, nearest images, nearest classes ----------------------------------------
 
     def index(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
               weights: str | None = None, metric: str = "l2", kind: str = "auto", recall: float = 0.95,
-              rebuild: bool = False) -> dict:
+              rebuild: bool = False, wait: bool = False) -> dict:
         """Build or bring up to date the FAISS index and class centroids of an array; the build report.
-        `recall`: the recall@10 an approximate index must reach, measured against exact search."""
+        `recall`: the recall@10 an approximate index must reach, measured against exact search.
+        `wait`: if another process writes the store, wait for it (else refused before any work)."""
         from .query import api
 
         if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall <= 1:
             raise ActdbError(f"recall={recall!r}: give a recall@10 between 0 and 1",
                              f"--recall {recall}: give a recall@10 between 0 and 1")
-        return api.build(self, self.array(model, layer, reduce=reduce, weights=weights), metric=metric, kind=kind,
-                         recall=recall, rebuild=rebuild)
+        with writing(self.path, "actdb index", wait):
+            return api.build(self, self.array(model, layer, reduce=reduce, weights=weights), metric=metric,
+                             kind=kind, recall=recall, rebuild=rebuild)
 
     def neighbors(self, queries, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                   weights: str | None = None, metric: str = "l2", k: int = 10,

@@ -91,6 +91,8 @@ def test_killed_ingests_resume_to_the_uninterrupted_result(tmp_path, dataset, ti
         assert kill_when(process, store, lambda _: ready()), "the ingest ended before the kill point"
         done_before = count(store, "SELECT count(*) FROM done")
         assert done_before < 240
+        report = actdb.open(store).check()  # what was committed is what the chunks hold, whenever the kill came
+        assert report["ok"] and report["checked"]["digests"] == report["checked"]["chunks"], report
 
     finished = subprocess.run(ingest_command(store, dataset, tiny_model_path), capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr

@@ -34,6 +34,8 @@ CATALOG_QUERIES = {
     "predictions": "SELECT image_id, rank, class_index, probability FROM predictions ORDER BY ALL",
     "arrays": "SELECT layer, reduce, channels, dtype, precision, resize, zarr_path FROM arrays ORDER BY layer",
     "errors": "SELECT count(*) AS n FROM errors",
+    "chunk digests": "SELECT a.layer, c.chunk, c.rows, c.digest FROM chunk_digests c JOIN arrays a ON a.id = c.array_id "
+                     "ORDER BY ALL",
 }
 
 
@@ -90,6 +92,8 @@ def assert_same_store(store, reference):
         assert len(ours) == len(theirs) and ours.equals(theirs), name
     counts = db.sql("SELECT count(*) AS n, count(DISTINCT (array_id, image_id)) AS distinct_n FROM done").iloc[0]
     assert counts.tolist() == [2 * N_IMAGES, 2 * N_IMAGES]
+    report = db.check()
+    assert report["ok"] and report["checked"]["digests"] == report["checked"]["chunks"] == 2 * N_SHARDS, report
 
 
 def worker_that_dies_once(marker: str):

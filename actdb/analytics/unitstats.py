@@ -86,6 +86,8 @@ def _read(db, array: StoredArray) -> UnitStats | None:
 
 
 def _write(db, array: StoredArray, stats: UnitStats) -> None:
+    if not db.catalog.writable():  # a read-only store: computed for this answer, not kept
+        return
     frame = pd.DataFrame({
         "class": [ALL_ROWS, *stats.classes],
         "members": [stats.members, *stats.class_members],

@@ -7,7 +7,7 @@ import click
 
 from ..database import choices
 from . import cli, progress_bar
-from .options import CommaList, json_option, model_options, seed_option
+from .options import CommaList, json_option, model_options, seed_option, wait_option
 from .output import emit
 
 
@@ -38,6 +38,7 @@ from .output import emit
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), help="ray: GPUs per actor (default 1 where there are GPUs).")
 @click.option("--cpus-per-worker", type=click.FloatRange(min=0, min_open=True), help="ray: CPUs per actor (default 1).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@wait_option
 @json_option
 @click.pass_obj
 def ingest(session, source, quiet, as_json, **options):

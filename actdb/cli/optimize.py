@@ -6,7 +6,7 @@ import click
 from .. import database
 from ..database import choices
 from . import cli, progress_bar
-from .options import Units, json_option, model_options, plot_option, seed_option
+from .options import Units, json_option, model_options, plot_option, seed_option, wait_option
 from .output import emit, table
 
 
@@ -36,6 +36,7 @@ from .output import emit, table
 @click.option("--out", type=click.Path(file_okay=False), help="Write PNGs and JSON here instead of into the store.")
 @plot_option("--sheet", "Write a contact sheet of the run to FILE.png.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@wait_option
 @json_option
 @click.pass_obj
 def optimize(session, out, sheet, quiet, as_json, **options):

@@ -69,6 +69,12 @@ def json_option(command):
     return click.option("--json", "as_json", is_flag=True, help="Print the result as strict JSON.")(command)
 
 
+def wait_option(command):
+    """Every command that writes the store: refused at once while another process writes it, or waits."""
+    return click.option("--wait", is_flag=True, help="If another actdb process is writing the store, wait for it "
+                        "to finish (else this command stops at once, before any work).")(command)
+
+
 def seed_option(help_text: str = "Seed of the random choices (0..4294967295).", default: int = 0):
     return click.option("--seed", type=click.IntRange(0, SEED_MAX), default=default, show_default=True,
                         help=help_text)

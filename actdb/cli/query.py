@@ -5,7 +5,7 @@ import click
 
 from ..database import choices
 from . import cli
-from .options import json_option, metric_option, stored_array_options
+from .options import json_option, metric_option, stored_array_options, wait_option
 from .output import emit, per_query
 
 QUERY_HELP = "QUERY: an image file, id:N (a stored image), optimized:NAME or a .npy vector."
@@ -19,16 +19,17 @@ QUERY_HELP = "QUERY: an image file, id:N (a stored image), optimized:NAME or a .
 @click.option("--recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="recall@10 an approximate index must reach (measured against exact search).")
 @click.option("--rebuild", is_flag=True, help="Build anew instead of adding new rows (retrains IVF lists).")
+@wait_option
 @json_option
 @click.pass_obj
-def index(session, array, metric, kind, recall, rebuild, as_json):
+def index(session, array, metric, kind, recall, rebuild, wait, as_json):
     """Build (or bring up to date) the FAISS index and class centroids of a stored array.
 
     \b
     actdb index --model vgg19 --layer block5_conv4
     actdb index --model vgg19 --layer block5_conv4 --metric correlation --kind ivf
     """
-    report = session.db().index(**array, metric=metric, kind=kind, recall=recall, rebuild=rebuild)
+    report = session.db().index(**array, metric=metric, kind=kind, recall=recall, rebuild=rebuild, wait=wait)
 
     def text():
         measured = "exact" if report["kind"] == "flat" else f"recall@10 {report['recall_at_10']:.3f} measured on " \

@@ -6,7 +6,7 @@ import pandas as pd
 
 from ..errors import ActdbError
 from . import cli
-from .options import json_option
+from .options import json_option, wait_option
 from .output import emit, table
 
 
@@ -36,7 +36,7 @@ def info(session, as_json):
 def sql(session, query, as_json, as_csv):
     """Read-only SQL on the catalog (tables: images, models, arrays, runs, done,
     predictions, errors, indexes, class_centroids, imagenet_classes, optimized_images,
-    optimized_vectors, unit_stats; view: array_list). One statement; it reaches only the
+    optimized_vectors, unit_stats, chunk_digests; view: array_list). One statement; it reaches only the
     catalog (no files, URLs or extensions).
 
     \b
@@ -53,18 +53,20 @@ def sql(session, query, as_json, as_csv):
 
 @cli.command()
 @click.option("--repair", is_flag=True, help="Unmark the rows of damaged chunks (the same ingest then recomputes "
-              "them) and drop broken or stale index files.")
+              "them), drop broken or stale index files, add checksums to arrays made without them.")
+@wait_option
 @json_option
 @click.pass_context
-def check(ctx, repair, as_json):
-    """Verify the store: every done row's chunk exists and decodes, no NaN in done rows, arrays
-    and catalog agree on shapes, index files match their records. Exit 1 if something is wrong.
+def check(ctx, repair, wait, as_json):
+    """Verify the store: every done row's chunk exists, decodes (its crc32c checksum holds) and
+    holds the rows its commit recorded (their digest), no NaN in done rows, arrays and catalog
+    agree on shapes, index files match their records. Exit 1 if something is wrong.
 
     \b
     actdb check
     actdb check --repair && actdb ingest SOURCE ...   # recompute what was lost
     """
-    report = ctx.obj.db().check(repair=repair)
+    report = ctx.obj.db().check(repair=repair, wait=wait)
 
     def text():
         counts = ", ".join(f"{n} {what}" for what, n in report["checked"].items())
@@ -72,6 +74,8 @@ def check(ctx, repair, as_json):
         click.echo(f"checked {counts}: " + ("no problems" if report["ok"] else f"{n} problem{'s' * (n > 1)}"))
         if report["problems"]:
             table(pd.DataFrame(report["problems"]))
+        for note in report["notes"]:
+            click.echo(f"note: {note}")
         for action in report["repaired"]:
             click.echo(f"repaired: {action}")
 

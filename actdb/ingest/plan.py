@@ -151,6 +151,9 @@ def todo(catalog: Catalog, ids: np.ndarray, targets, model_id: int, predictions:
             done = con.execute("SELECT image_id FROM done WHERE array_id = ?", [target.array_id]).fetchnumpy()
             target.missing[ids] = True
             target.missing[done["image_id"]] = False
+            target.committed[done["image_id"]] = True
+            target.digests = dict(con.execute("SELECT chunk, digest FROM chunk_digests WHERE array_id = ?",
+                                              [target.array_id]).fetchall())
         failed = con.execute(
             "SELECT DISTINCT image_id FROM errors WHERE image_id IS NOT NULL AND reason NOT LIKE 'float16 overflow%'"
         ).fetchnumpy()["image_id"]

@@ -143,6 +143,7 @@ def _register_arrays(store: Path, catalog: Catalog, model_id: int, loaded, extra
                 [model_id, options.reduce],
             ).fetchall()
         }
+        listed_paths = {row[0] for row in con.execute("SELECT zarr_path FROM arrays").fetchall()}
     targets = []
     for out in extractor.outputs:
         if out.layer in existing:
@@ -160,7 +161,8 @@ def _register_arrays(store: Path, catalog: Catalog, model_id: int, loaded, extra
             attributes = {"model": loaded.name, "weights": loaded.weights_id, "layer": out.layer,
                           "reduce": options.reduce if out.spatial else "none", "precision": options.precision,
                           "resize": options.resize, "rows": "row i is images.id = i in catalog.duckdb"}
-            zarr_array = arrays.create(store, path, n_images, out.channels, options.dtype, attributes)
+            zarr_array = arrays.create(store, path, n_images, out.channels, options.dtype, attributes,
+                                       overwrite=path not in listed_paths)  # a killed run's, never committed
             with catalog.write() as con:
                 array_id = next_array_id(con)
                 con.execute(

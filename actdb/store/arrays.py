@@ -4,14 +4,24 @@ Each chunk holds a run of image ids and is only ever written whole (read-modify-
 by the single writer that owns it), never through Zarr sharding: partial writes to a
 shared shard lose data (zarr-python #3514). LocalStore writes through a temp file and a
 rename, so a killed writer leaves each chunk old or new, never torn.
+
+Integrity, end to end: every chunk of a new array ends in a crc32c checksum (Zarr v3's
+`crc32c` codec), so a chunk damaged on disk fails to decode instead of decoding into
+garbage; and every commit records, per touched chunk, the digest of its done rows
+(`rows_digest`: their ids and stored values), so `check` can tell a chunk that decodes but
+is not what was committed (another chunk's, array's or store's file put in its place). The
+digest covers only the done rows, so a kill between a chunk write and its commit leaves the
+committed rows and their digest in agreement.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from ..errors import ActdbError
 
@@ -30,17 +40,20 @@ def root(store: Path, mode: str = "r") -> zarr.Group:
     return zarr.open_group(str(Path(store) / ZARR_DIR), mode=mode, zarr_format=3)
 
 
-def create(store: Path, zarr_path: str, n_rows: int, channels: int, dtype: str, attributes: dict) -> zarr.Array:
+def create(store: Path, zarr_path: str, n_rows: int, channels: int, dtype: str, attributes: dict,
+           chunk_rows: int | None = None, overwrite: bool = False) -> zarr.Array:
+    """A new array; `overwrite` replaces one no catalog row names (written by a killed writer)."""
     itemsize = np.dtype(dtype).itemsize
     return root(store, "a").create_array(
         zarr_path,
         shape=(n_rows, channels),
-        chunks=(chunk_rows_for(channels, itemsize), channels),
+        chunks=(chunk_rows or chunk_rows_for(channels, itemsize), channels),
         dtype=dtype,
         fill_value=np.nan,  # rows not computed yet read as NaN, never as plausible zeros
-        compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"),
+        compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()),
         dimension_names=("image_id", "channel"),
         attributes=attributes,
+        overwrite=overwrite,
     )
 
 
@@ -57,6 +70,24 @@ def open_array(store: Path, zarr_path: str, mode: str = "r") -> zarr.Array:
                            "to recompute it") from None
 
 
+def stored_paths(store: Path) -> list[str]:
+    """The path of every array in activations.zarr."""
+    return [name for name, node in root(store).members(max_depth=None) if isinstance(node, zarr.Array)]
+
+
+def has_checksums(array: zarr.Array) -> bool:
+    """Whether each chunk carries a crc32c checksum (arrays made before actdb added it do not)."""
+    return any(isinstance(codec, Crc32cCodec) for codec in getattr(array.metadata, "codecs", ()))
+
+
+def rows_digest(ids: np.ndarray, rows: np.ndarray) -> str:
+    """What the catalog records of a chunk: SHA-256 of its done rows' ids (int64, little-endian)
+    followed by their values (the stored dtype, little-endian, row-major), ascending ids."""
+    digest = hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).tobytes())
+    return digest.hexdigest()
+
+
 def grow(array: zarr.Array, n_rows: int) -> None:
     if array.shape[0] < n_rows:
         array.resize((n_rows, array.shape[1]))
@@ -70,28 +101,71 @@ def chunk_groups(ids: np.ndarray, span: int):
             yield int(part[0] // span) * span, part
 
 
-def write_rows(array: zarr.Array, ids: np.ndarray, values: np.ndarray) -> None:
-    """Write rows `ids` (sorted, unique); every touched chunk is written whole."""
+def write_rows(array: zarr.Array, ids: np.ndarray, values: np.ndarray, done: np.ndarray | None = None,
+               digests: dict[int, str] | None = None) -> dict[int, tuple[str, int]]:
+    """Write rows `ids` (sorted, unique) and make them durable; every touched chunk is written whole.
+
+    `done`: the sorted ids already committed (only those in touched chunks matter), `digests`
+    the digests recorded for their chunks. A chunk that keeps committed rows is read back and,
+    where a digest is recorded, checked against it, so that a damaged chunk is refused rather
+    than merged and vouched for. Returns {chunk: (digest, rows)} over each touched chunk's
+    committed rows plus the new ones: what the commit that marks `ids` done records."""
     chunk_rows = array.chunks[0]
     n_rows = array.shape[0]
+    done = np.zeros(0, np.int64) if done is None else np.asarray(done, dtype=np.int64)
+    digests = digests or {}
+    written = {}
     offset = 0
     for start, part in chunk_groups(ids, chunk_rows):
         stop = min(start + chunk_rows, n_rows)
-        rows = values[offset : offset + len(part)]
+        chunk = start // chunk_rows
+        rows = np.asarray(values[offset : offset + len(part)], dtype=array.dtype)
         offset += len(part)
+        kept = done[np.searchsorted(done, start) : np.searchsorted(done, stop)]
+        kept = kept[~np.isin(kept, part)]
         if len(part) == stop - start:
             block = rows
+        elif len(kept):
+            block = read_done_chunk(array, start, stop)
+            if chunk in digests and rows_digest(kept, block[kept - start]) != digests[chunk]:
+                raise DamagedChunk(array, chunk, CHANGED)
+            block[part - start] = rows
         else:
-            block = array[start:stop]
+            try:
+                block = array[start:stop]
+            except DECODE_ERRORS:  # no committed row in it: whatever the file holds is not data
+                block = np.full((stop - start, array.shape[1]), np.nan, dtype=array.dtype)
             block[part - start] = rows
         array[start:stop] = block
+        now = np.union1d(kept, part)
+        written[chunk] = (rows_digest(now, block[now - start]), len(now))
+        _sync(chunk_file(array, chunk))
+    return written
+
+
+def _sync(path: Path) -> None:
+    """Chunks reach the disk before the catalog commit that vouches for them."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:  # an all-NaN chunk is not stored (Zarr drops fill-value chunks)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+DECODE_ERRORS = (RuntimeError, ValueError, OSError, TypeError)
+CHANGED = "holds other values than were committed (its digest differs)"
 
 
 class DamagedChunk(ActdbError):
-    """A chunk holding rows the catalog marks done is missing or cannot be decoded."""
+    """A chunk holding rows the catalog marks done is missing, cannot be decoded (its crc32c
+    checksum fails, or it is not a chunk at all) or holds other values than were committed."""
 
     def __init__(self, array: zarr.Array, chunk: int, what: str):
         self.array_path, self.chunk, self.missing = array.path, chunk, what == "is missing"
+        self.what = what
         first = chunk * array.chunks[0]
         super().__init__(
             f"array {array.path}: chunk {chunk_key(array, chunk)} (image ids {first}-{first + array.chunks[0] - 1}) "
@@ -117,7 +191,10 @@ def read_done_chunk(array: zarr.Array, start: int, stop: int) -> np.ndarray:
         raise DamagedChunk(array, chunk, "is missing")
     try:
         return array[start:stop]
-    except (RuntimeError, ValueError, OSError, TypeError) as exc:
+    except DECODE_ERRORS as exc:
+        if "checksum" in str(exc):
+            raise DamagedChunk(array, chunk, "cannot be decoded: its crc32c checksum fails (changed or damaged on "
+                               "disk)") from None
         raise DamagedChunk(array, chunk, f"cannot be decoded ({type(exc).__name__}: {str(exc)[:60]})") from None
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from ..errors import ActdbError
-from .locks import catalog_lock
+from .locks import catalog_lock, writable
 
 CATALOG_FILE = "catalog.duckdb"
 INDEX_DIR = "indexes"  # index files, named by indexes.file
@@ -155,7 +155,7 @@ CREATE TABLE IF NOT EXISTS unit_stats (
 """
 
 # Tables whose rows are keyed by an array id: what a dropped array leaves behind.
-ARRAY_KEYED_TABLES = ("done", "class_centroids", "indexes", "unit_stats", "optimized_vectors")
+ARRAY_KEYED_TABLES = ("done", "chunk_digests", "class_centroids", "indexes", "unit_stats", "optimized_vectors")
 
 
 def table_names(con) -> set[str]:
@@ -173,6 +173,19 @@ def next_array_id(con) -> int:
         con.execute(f"CREATE SEQUENCE array_ids START WITH {max(used) + 1}")
     return int(con.execute("SELECT nextval('array_ids')").fetchone()[0])
 
+
+# Per committed chunk, the digest of its done rows (arrays.rows_digest), written in the very
+# transaction that marks those rows done: `check` compares it with the chunk as stored. Added
+# after schema version 1: created by new stores and by the first ingest into an older one.
+CHUNK_DIGESTS_TABLE = """
+CREATE TABLE IF NOT EXISTS chunk_digests (
+    array_id INTEGER NOT NULL,
+    chunk BIGINT NOT NULL,         -- the chunk of image ids [chunk * chunk_rows, (chunk + 1) * chunk_rows)
+    rows BIGINT NOT NULL,          -- done rows it covers
+    digest VARCHAR NOT NULL,       -- SHA-256 (hex) of those rows' ids (int64 LE) then values (stored dtype, LE)
+    PRIMARY KEY (array_id, chunk)
+);
+"""
 
 _LOCK_RETRY_SECONDS = 10.0
 
@@ -203,6 +216,10 @@ class Catalog:
     def exists(self) -> bool:
         return self.path.is_file()
 
+    def writable(self) -> bool:
+        """False on a read-only directory or filesystem: a reading command keeps no cache there."""
+        return writable(self.store)
+
     def create(self) -> None:
         """Create the schema; the caller holds the writer lock."""
         from .. import imagenet
@@ -215,6 +232,7 @@ class Catalog:
             con.execute(SCHEMA)
             con.execute(OPTIMIZED_SCHEMA)
             con.execute(UNIT_STATS_TABLE)
+            con.execute(CHUNK_DIGESTS_TABLE)
             con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
             con.executemany(
                 "INSERT INTO imagenet_classes VALUES (?, ?, ?)",

@@ -3,27 +3,35 @@ every index file; `repair` unmarks the rows it cannot vouch for, so that the nex
 the same source recomputes exactly them, and drops index records whose file is gone or
 whose rows it unmarked.
 
+A chunk is vouched for when it exists, decodes (its crc32c checksum holds: bytes flipped,
+truncated or emptied fail here), its done rows are finite, and their digest is the one the
+committing transaction recorded (a valid chunk file of another chunk, array or store fails
+here). Arrays made before checksums have neither: `check` names them, and `repair` rewrites
+each into a new array with the codec and records digests of its rows as they are then.
+
 Also the layout check every writer makes first: an `activations.zarr` without the catalog
 that names its rows (or a catalog whose arrays are gone) is refused before anything is written.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+import shutil
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ActdbError
 from . import arrays
-from .catalog import ARRAY_KEYED_TABLES, CATALOG_FILE, INDEX_DIR, Catalog, missing_store_message, table_names
+from .catalog import (ARRAY_KEYED_TABLES, CATALOG_FILE, CHUNK_DIGESTS_TABLE, INDEX_DIR, Catalog,
+                      missing_store_message, table_names)
 from .locks import writer_lock
 from .stored_array import StoredArray
 
 
 @dataclass
 class Problem:
-    problem: str  # missing chunk | corrupt chunk | NaN rows | missing array | shape mismatch | index ...
+    problem: str  # missing | corrupt | changed | unverified chunk | NaN rows | missing array | index ...
     array: str  # zarr path, or the index file
     detail: str
     rows: int = 0  # done rows it concerns
@@ -46,19 +54,23 @@ def check_layout(store: Path) -> None:
                              f"it from a backup, or move {CATALOG_FILE} away to start a new store")
 
 
-def check(db, repair: bool = False) -> dict:
-    """Verify the store; with `repair`, fix what can be fixed (under the writer lock)."""
+CHECKSUMMED_SUFFIX = "-crc32c"  # where repair rewrites an array made before checksums
+
+
+def check(db, repair: bool = False, wait: bool = False) -> dict:
+    """Verify the store; with `repair`, fix what can be fixed (under the writer lock, taken before
+    anything is read: refused, or with `wait` waiting, while another process writes)."""
     if not repair:
         return _report(db, *_inspect(db), repaired=[])
-    with writer_lock(db.path, "actdb check --repair"):
-        problems, fixes, checked = _inspect(db)
+    with writer_lock(db.path, "actdb check --repair", wait):
+        problems, fixes, checked, notes = _inspect(db)
         repaired = _apply(db, fixes)
-    return _report(db, problems, fixes, checked, repaired)
+    return _report(db, problems, fixes, checked, notes, repaired)
 
 
-def _report(db, problems, fixes, checked, repaired) -> dict:
+def _report(db, problems, fixes, checked, notes, repaired) -> dict:
     return {"store": str(db.path), "ok": not problems, "checked": checked,
-            "problems": [asdict(p) for p in problems], "repaired": repaired}
+            "problems": [asdict(p) for p in problems], "notes": notes, "repaired": repaired}
 
 
 @dataclass
@@ -67,19 +79,36 @@ class _Fixes:
     delete_files: list  # chunk and index files
     drop_arrays: list  # array ids whose Zarr array is gone
     drop_indexes: list  # (array_id, metric)
+    digests: list = field(default_factory=list)  # (array_id, chunk, rows, digest or None: delete)
+    add_checksums: list = field(default_factory=list)  # StoredArrays made before checksums
+    delete_arrays: list = field(default_factory=list)  # Zarr arrays no catalog row names
 
 
 def _inspect(db):
     problems: list[Problem] = []
+    notes: list[str] = []
     fixes = _Fixes([], [], [], [])
-    checked = {"arrays": 0, "chunks": 0, "rows": 0, "indexes": 0}
+    checked = {"arrays": 0, "chunks": 0, "rows": 0, "digests": 0, "indexes": 0}
+    recorded = _recorded_digests(db)
     for array in db.arrays():
         checked["arrays"] += 1
-        _check_array(db, array, problems, fixes, checked)
+        _check_array(db, array, recorded.get(array.id, {}), problems, fixes, checked, notes)
+    _check_stale_arrays(db, notes, fixes)
     _check_indexes(db, problems, fixes, checked)
     _drop_indexes_of_unmarked_rows(db, fixes)
     _check_optimized(db, problems, checked)
-    return problems, fixes, checked
+    return problems, fixes, checked, notes
+
+
+def _recorded_digests(db) -> dict[int, dict[int, str]]:
+    """array id -> chunk -> digest; none in a store made before chunk digests."""
+    if not db.has_table("chunk_digests"):
+        return {}
+    recorded: dict[int, dict[int, str]] = {}
+    for array_id, chunk, digest in db.sql("SELECT array_id, chunk, digest FROM chunk_digests").itertuples(
+            index=False):
+        recorded.setdefault(int(array_id), {})[int(chunk)] = digest
+    return recorded
 
 
 def _check_optimized(db, problems: list, checked: dict) -> None:
@@ -110,7 +139,7 @@ def _drop_indexes_of_unmarked_rows(db, fixes) -> None:
             fixes.delete_files.append(db.path / INDEX_DIR / row.file)
 
 
-def _check_array(db, array: StoredArray, problems, fixes, checked) -> None:
+def _check_array(db, array: StoredArray, digests: dict[int, str], problems, fixes, checked, notes) -> None:
     done = db.done_ids(array)
     try:
         zarr_array = arrays.open_array(db.path, array.zarr_path)
@@ -131,27 +160,77 @@ def _check_array(db, array: StoredArray, problems, fixes, checked) -> None:
         problems.append(Problem("rows beyond the array", array.zarr_path,
                                 f"{len(beyond)} done rows past its {zarr_array.shape[0]} rows", len(beyond)))
         fixes.unmark.append((array.id, beyond))
+    checksummed = arrays.has_checksums(zarr_array)
+    without_digest = 0
     for start, part in arrays.chunk_groups(done[done < zarr_array.shape[0]], zarr_array.chunks[0]):
         checked["chunks"] += 1
         checked["rows"] += len(part)
-        _check_chunk(array, zarr_array, start, part, problems, fixes)
+        digest = digests.get(start // zarr_array.chunks[0])
+        without_digest += digest is None
+        checked["digests"] += digest is not None
+        _check_chunk(array, zarr_array, start, part, digest, checksummed, problems, fixes)
+    if not checksummed:
+        notes.append(f"array {array.zarr_path} has no checksums (made before actdb recorded them): a damaged chunk "
+                     f"that still decodes would go unnoticed ({without_digest} of its chunks have no digest either). "
+                     "`actdb check --repair` rewrites it with crc32c checksums and records digests of its rows as "
+                     "they are then; to be sure of the rows themselves, ingest again into a new store")
+        fixes.add_checksums.append(array)
 
 
-def _check_chunk(array, zarr_array, start, part, problems, fixes) -> None:
+def _check_chunk(array, zarr_array, start, part, digest, checksummed, problems, fixes) -> None:
     chunk = start // zarr_array.chunks[0]
     where = f"chunk {arrays.chunk_key(zarr_array, chunk)} (ids {start}-{start + zarr_array.chunks[0] - 1})"
+    rows = f"done rows {ids_text(part)}"
+
+    def unmark_chunk(problem: str, what: str, delete: bool = True) -> None:
+        problems.append(Problem(problem, array.zarr_path, f"{where} {what}: {rows}", len(part)))
+        fixes.unmark.append((array.id, part))
+        fixes.digests.append((array.id, chunk, 0, None))
+        if delete:
+            fixes.delete_files.append(arrays.chunk_file(zarr_array, chunk))
+
     try:
         block = arrays.read_done_chunk(zarr_array, start, int(part[-1]) + 1)
     except arrays.DamagedChunk as exc:
-        problems.append(Problem("missing chunk" if exc.missing else "corrupt chunk", array.zarr_path, where, len(part)))
-        fixes.unmark.append((array.id, part))
-        if not exc.missing:
-            fixes.delete_files.append(arrays.chunk_file(zarr_array, chunk))
+        unmark_chunk("missing chunk" if exc.missing else "corrupt chunk", exc.what, delete=not exc.missing)
         return
-    bad = part[~np.isfinite(block[part - start]).all(axis=1)]
-    if len(bad):
-        problems.append(Problem("NaN rows", array.zarr_path, f"{where}: ids {bad[:5].tolist()}", len(bad)))
+    values = block[part - start]
+    if digest is not None and arrays.rows_digest(part, values) != digest:
+        unmark_chunk("changed chunk", arrays.CHANGED)
+        return
+    if digest is None and checksummed:
+        unmark_chunk("unverified chunk", "has no digest recorded, so its rows cannot be vouched for")
+        return
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        bad = part[~finite]
+        problems.append(Problem("NaN rows", array.zarr_path, f"{where}: ids {ids_text(bad)}", len(bad)))
         fixes.unmark.append((array.id, bad))
+        if digest is not None:  # the rows that stay done get their own digest
+            kept = part[finite]
+            fixes.digests.append((array.id, chunk, len(kept),
+                                  arrays.rows_digest(kept, values[finite]) if len(kept) else None))
+
+
+def ids_text(ids: np.ndarray, most: int = 6) -> str:
+    """Sorted ids as ranges: `0-17`, `3, 7, 12-15, ... (40 ids)`."""
+    cuts = np.flatnonzero(np.diff(ids) != 1) + 1
+    runs = [f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in np.split(np.asarray(ids), cuts)]
+    text = ", ".join(runs[:most]) + (", ..." if len(runs) > most else "")
+    return text + (f" ({len(ids)} ids)" if len(runs) > 1 else "")
+
+
+def _check_stale_arrays(db, notes, fixes) -> None:
+    """Zarr arrays no catalog row names: written but never committed, by an ingest or a repair
+    killed in between. Nothing reads them and no row is lost (a note, not a problem); repair
+    deletes them."""
+    if not (db.path / arrays.ZARR_DIR).is_dir():
+        return
+    listed = {a.zarr_path for a in db.arrays()}
+    for path in sorted(set(arrays.stored_paths(db.path)) - listed):
+        notes.append(f"{arrays.ZARR_DIR}/{path} is an array no catalog row names (left by an interrupted ingest "
+                     "or repair): `actdb check --repair` deletes it")
+        fixes.delete_arrays.append(path)
 
 
 def _check_indexes(db, problems, fixes, checked) -> None:
@@ -187,10 +266,15 @@ def _apply(db, fixes: _Fixes) -> list[str]:
     """Catalog first (rows unmarked are recomputed by the next ingest), then the files."""
     done = []
     with db.catalog.write() as con:
+        con.execute(CHUNK_DIGESTS_TABLE)
         for array_id, ids in fixes.unmark:
             con.execute("DELETE FROM done WHERE array_id = ? AND image_id IN (SELECT unnest(?::BIGINT[]))",
                         [array_id, ids.tolist()])
             done.append(f"array {array_id}: {len(ids)} rows unmarked; the same ingest recomputes them")
+        for array_id, chunk, rows, digest in fixes.digests:
+            con.execute("DELETE FROM chunk_digests WHERE array_id = ? AND chunk = ?", [array_id, chunk])
+            if digest is not None:
+                con.execute("INSERT INTO chunk_digests VALUES (?, ?, ?, ?)", [array_id, chunk, rows, digest])
         present = table_names(con)
         for array_id in fixes.drop_arrays:
             for table in (*ARRAY_KEYED_TABLES, "arrays"):
@@ -205,4 +289,33 @@ def _apply(db, fixes: _Fixes) -> list[str]:
     for path in fixes.delete_files:
         Path(path).unlink(missing_ok=True)
         done.append(f"deleted {Path(path).relative_to(db.path)}")
+    for path in fixes.delete_arrays:
+        shutil.rmtree(db.path / arrays.ZARR_DIR / path, ignore_errors=True)
+        done.append(f"deleted {arrays.ZARR_DIR}/{path} (no catalog row names it)")
+    for array in fixes.add_checksums:
+        if array.id not in fixes.drop_arrays:
+            done.append(_add_checksums(db, array))
     return done
+
+
+def _add_checksums(db, array: StoredArray) -> str:
+    """Rewrite an array made before checksums into a new one with the crc32c codec, and switch
+    the catalog to it in the transaction that records its chunks' digests: a kill before the
+    commit leaves the old array in use (the new one is stale), after it the old one is stale."""
+    old = arrays.open_array(db.path, array.zarr_path)
+    path = array.zarr_path + CHECKSUMMED_SUFFIX
+    shutil.rmtree(db.path / arrays.ZARR_DIR / path, ignore_errors=True)  # an earlier, killed rewrite
+    new = arrays.create(db.path, path, old.shape[0], old.shape[1], str(old.dtype), dict(old.attrs),
+                        chunk_rows=old.chunks[0])
+    done = db.done_ids(array)
+    rows = []
+    for start, part in arrays.chunk_groups(done[done < old.shape[0]], old.chunks[0]):
+        written = arrays.write_rows(new, part, arrays.read_done_chunk(old, start, int(part[-1]) + 1)[part - start])
+        rows.extend((array.id, chunk, n, digest) for chunk, (digest, n) in written.items())
+    with db.catalog.write() as con:
+        con.execute("DELETE FROM chunk_digests WHERE array_id = ?", [array.id])
+        con.executemany("INSERT INTO chunk_digests VALUES (?, ?, ?, ?)", rows)
+        con.execute("UPDATE arrays SET zarr_path = ? WHERE id = ?", [path, array.id])
+    shutil.rmtree(db.path / arrays.ZARR_DIR / array.zarr_path, ignore_errors=True)
+    return (f"array {array.id}: rewritten as {path} with crc32c checksums and the digests of its {len(done)} rows "
+            "as they are now")

@@ -149,20 +149,21 @@ class ShardWorker:
         payloads = [pickle.dumps(self._shard(*pickle.loads(work))) for work in batch["work"]]
         return {"shard": batch["shard"], "result": np.array(payloads, dtype=object)}
 
-    def _shard(self, ids: np.ndarray, paths: list[str], missing: np.ndarray) -> dict:
+    def _shard(self, ids: np.ndarray, paths: list[str], missing: np.ndarray, committed: list) -> dict:
         start = time.perf_counter()
         batch = self._forward(ids, paths)
         decoded = np.isin(ids, batch.ids)  # the reader keeps order and drops what it cannot decode
         errors = [(int(i), p, writer.failure_reason(p)) for i, p in zip(ids[~decoded], np.asarray(paths)[~decoded])]
-        done = []
-        for wanted, layer, array in zip(missing[:, decoded], self.spec.layers, self.arrays):
+        done, digests = [], []
+        for wanted, layer, array, (kept, recorded) in zip(missing[:, decoded], self.spec.layers, self.arrays,
+                                                          committed):
             rows_ids, rows, overflow = writer.drop_overflow(layer, array.dtype, batch.ids[wanted],
                                                             batch.outputs[layer][wanted])
-            arrays.write_rows(array, rows_ids, rows.astype(array.dtype))
+            digests.append(arrays.write_rows(array, rows_ids, rows.astype(array.dtype), kept, recorded))
             errors.extend(overflow)
             done.append(rows_ids)
         batch.outputs = {k: v for k, v in batch.outputs.items() if k in ("top_index", "top_prob")}
-        return {"batch": batch, "done": done, "errors": errors, "worker": self.name, "ready_at": self.ready_at,
+        return {"batch": batch, "done": done, "digests": digests, "errors": errors, "worker": self.name, "ready_at": self.ready_at,
                 "seconds": time.perf_counter() - start}
 
     def _forward(self, ids: np.ndarray, paths: list[str]) -> writer.Batch:
@@ -217,11 +218,20 @@ def _run(engine: RayEngine, plan: Plan, loaded, progress: bool) -> IngestSummary
 
 
 def _work(plan, shards: list[slice]) -> list[bytes]:
-    """Per shard, pickled: ids, paths, and which of them each array still lacks (targets x ids)."""
+    """Per shard, pickled: ids, paths, which of them each array still lacks (targets x ids), and
+    per array the committed ids in the shard's chunks with their recorded digests (what a
+    chunk write keeps and checks)."""
     work = []
     for part in shards:
         ids = plan.todo[part]
-        work.append(pickle.dumps((ids, plan.todo_paths[part], np.stack([t.missing[ids] for t in plan.targets]))))
+        committed = []
+        for target in plan.targets:
+            kept = target.committed_near(ids)
+            span = target.zarr_array.chunks[0]
+            committed.append((kept, {int(c): target.digests[c] for c in np.unique(kept // span).tolist()
+                                     if c in target.digests}))
+        work.append(pickle.dumps((ids, plan.todo_paths[part], np.stack([t.missing[ids] for t in plan.targets]),
+                                  committed)))
     return work
 
 
@@ -257,14 +267,15 @@ class _Committer:
         self._reset()
 
     def _reset(self) -> None:
-        self._done, self._images, self._predictions, self._errors = [], [], [], []
+        self._done, self._digests, self._images, self._predictions, self._errors = [], [], [], [], []
         self._last = time.monotonic()
 
     def add(self, result: dict) -> None:
         batch = result["batch"]
-        for target, ids in zip(self.plan.targets, result["done"]):
+        for target, ids, written in zip(self.plan.targets, result["done"], result["digests"]):
             self._done.append(pd.DataFrame({"array_id": target.array_id, "image_id": ids,
                                                    "run_id": self.plan.run_id}))
+            self._digests.append(writer.digests_frame(target.array_id, written))
         self._images.append(writer.images_frame(batch))
         if self.plan.options.predictions:
             self._predictions.append(writer.predictions_frame(batch))
@@ -284,7 +295,7 @@ class _Committer:
         if not (self._images or self._errors):
             return
         self.failed += writer.record(self.plan.catalog, self.plan.run_id, self.plan.model_id, self._done,
-                                     self._images, self._predictions, self._errors)
+                                     self._images, self._predictions, self._errors, self._digests)
         self.ingested += sum(len(f) for f in self._images)
         self._reset()
 
