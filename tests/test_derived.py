@@ -4,12 +4,14 @@ code (no pickle); a damaged cache is dropped and recomputed with a note."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 import actdb
 from conftest import TINY_PER_CLASS, invoke, make_imagenet_tree
@@ -19,10 +21,26 @@ PACKAGE = Path(actdb.__file__).parent
 
 
 def unmark(store, image_ids):
-    """What `check --repair` does to damaged rows: they stop being stored."""
+    """What `check --repair` does to damaged rows: they stop being stored, and each chunk's digest
+    is re-recorded over the rows it still holds (SHA-256 of the ids as int64 then the rows, as
+    the store documents), so that the next ingest may merge new rows into it."""
     db = actdb.open(store)
+    digests = []
+    for array in db.arrays():
+        values = zarr.open_array(store / "activations.zarr" / array.zarr_path, mode="r")
+        span = values.chunks[0]
+        done = set(db.done_ids(array).tolist()) - set(image_ids)
+        for chunk in {i // span for i in image_ids}:
+            kept = np.array(sorted(i for i in done if i // span == chunk), dtype="<i8")
+            rows = values[chunk * span:(chunk + 1) * span][kept - chunk * span]
+            digest = hashlib.sha256(kept.tobytes())
+            digest.update(np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<")).tobytes())
+            digests.append((array.id, chunk, len(kept), digest.hexdigest()))
     with db.catalog.write() as con:
         con.execute("DELETE FROM done WHERE image_id IN (SELECT unnest(?::BIGINT[]))", [list(image_ids)])
+        for array_id, chunk, rows, digest in digests:
+            con.execute("UPDATE chunk_digests SET rows = ?, digest = ? WHERE array_id = ? AND chunk = ?",
+                        [rows, digest, array_id, chunk])
 
 
 def means_by_class(db):

@@ -4,6 +4,7 @@ notebook 000/002 and 003), and optimized:NAME is a query like any image file."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -405,21 +406,26 @@ def test_a_failed_overwrite_leaves_the_committed_image_and_its_row_in_agreement(
 
 
 def test_two_runs_with_one_name_cannot_both_succeed(store, run_cli, tiny_model_path, monkeypatch):
-    """The name check is repeated under the writer lock: a run that committed the name while
-    this one computed wins, and this one is refused instead of replacing it."""
+    """A writer holds the store from its first step: a second run with the same name, started
+    while the first computes, is refused before any work and names the holder; the first
+    commits; the second, run again afterwards, is refused for the name's other parameters."""
     from actdb.optimize import run
 
     real = run._make
+    others = []
 
     def meanwhile(*args, **kwargs):
         made = real(*args, **kwargs)
-        other = subprocess.run([sys.executable, "-m", "actdb", *map(str, optimize_args(store, tiny_model_path, "n",
-                                                                                        "--units", "2", "--quiet"))],
-                               capture_output=True, text=True)  # another process, as a second user would
-        assert other.returncode == 0, other.stderr
+        others.append(subprocess.run([sys.executable, "-m", "actdb", *map(str, optimize_args(
+            store, tiny_model_path, "n", "--units", "2", "--quiet"))], capture_output=True, text=True))
         return made
 
     monkeypatch.setattr(run, "_make", meanwhile)
     result = run_cli(*optimize_args(store, tiny_model_path, "n"))
-    assert result.exit_code == 1 and "exists with other parameters" in result.output
-    assert actdb.open(store).sql("SELECT unit FROM optimized_images WHERE name = 'n'").unit.tolist() == [2]
+    assert result.exit_code == 0, result.output
+    assert others[0].returncode == 1 and f"pid {os.getpid()} (actdb optimize" in others[0].stderr
+    assert "did nothing" in others[0].stderr and "Traceback" not in others[0].stderr
+    monkeypatch.setattr(run, "_make", real)
+    again = run_cli(*optimize_args(store, tiny_model_path, "n", "--units", "2"))
+    assert again.exit_code == 1 and "exists with other parameters" in again.output
+    assert actdb.open(store).sql("SELECT unit FROM optimized_images WHERE name = 'n'").unit.tolist() == [1]

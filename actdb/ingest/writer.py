@@ -173,6 +173,7 @@ class StoreWriter:
         self._last_commit = time.monotonic()
 
     def _loop(self) -> None:
+        kind = None
         try:
             while True:
                 kind, item = self._queue.get()
@@ -188,10 +189,8 @@ class StoreWriter:
                     self._commit()
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self._error = exc
-            while True:  # unblock the producer; nothing more is written
+            while kind != "close":  # unblock the producer until it closes; nothing more is written
                 kind, _ = self._queue.get()
-                if kind == "close":
-                    return
 
     def _add(self, batch: Batch) -> None:
         for target in self.targets:
