@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/differentiation.py
 	$(BIN)/pip install --quiet -e ".[bench]" && $(BIN)/python bench/optimize.py
 	$(BIN)/python bench/analytics.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) demo-store

@@ -32,7 +32,7 @@ from .store.stored_array import StoredArray
 from .units import parse_units  # noqa: F401 - the CLI checks unit lists while parsing
 
 __all__ = ["Database", "StoredArray", "open", "models", "layers", "predict", "weights", "featuremaps",
-           "differentiation", "optimize"]
+           "differentiation", "optimize", "serve_report"]
 
 
 def open(path: str | Path | None = None, *, create: bool = False) -> "Database":  # noqa: A001 - as zarr.open
@@ -139,6 +139,13 @@ def optimize(*, out: str | Path | None = None, sheet: str | Path | None = None, 
         return run(db.path, chosen, out=out, sheet=sheet, progress=progress)
 
 
+def serve_report(index: str | Path, *, port: int = 8000) -> None:
+    """Serve a report's folder on http://127.0.0.1:PORT until Ctrl-C (the report also opens from file://)."""
+    from .report.serve import serve
+
+    serve(str(index), port)
+
+
 _PNG = (".png",)
 
 
@@ -193,9 +200,9 @@ class Database(Store):
             raise ActdbError(f"ingest: {exc}") from None
         with writing(self.path, "actdb ingest", wait):
             summary = ingest(self.path, source, chosen, progress=progress)
-            from .resolve import optimized_vectors_in_every_array
+        from .resolve import optimized_vectors_in_every_array
 
-            optimized_vectors_in_every_array(type(self)(self.path))  # new arrays: the optimized images as queries
+        optimized_vectors_in_every_array(type(self)(self.path))  # new arrays: the optimized images as queries
         return summary
 
     # -- integrity ------------------------------------------------------------------------------
@@ -414,6 +421,57 @@ class Database(Store):
         if plot:
             _save(lambda plots: plots.trajectory_figure(result), plot)
         return result
+
+    # -- the report --------------------------------------------------------------------------------
+
+    def report(self, *, model: str | None = None, layers: str | list[str] = "all", units=None,
+               out: str | Path | None = None, top: int = 16, optimize: bool = False, wait: bool = False,
+               progress: bool = False) -> dict:
+        """A static site of the store (a Microscope for your model and data) in `out` (default
+        STORE/report): a page per stored array, unit (of `units`, default all), class, shown
+        image and optimized image; re-runs rewrite only what changed. Arrays without an index
+        get one (their image pages list nearest images and classes); `optimize`: the chosen units
+        without a feature visualization get one first. Returns what was written."""
+        from .files import checked_folder
+        from .report.build import Queries, build
+        from .units import expand_units
+
+        check_integer("top", top, 1)
+        chosen = [a for a in self.arrays() if (model is None or a.model == model) and a.rows_done
+                  and (layers == "all" or a.layer in _names(layers))]
+        if not chosen:
+            wanted = f"model={model!r}, layers={layers!r}" if model or layers != "all" else "any array"
+            raise ActdbError(f"no stored array with rows matches {wanted}: see `actdb info` for the arrays")
+        ranges = parse_units(units) if units is not None else None
+        layered = [(a, expand_units(ranges, a.channels, a.describe()) if ranges else list(range(a.channels)))
+                   for a in chosen]
+        out = Path(out).expanduser() if out is not None else self.path / "report"
+        out = checked_folder(out, "out")
+        with writing(self.path, "actdb report", wait):
+            for array, chosen_units in layered if optimize else ():
+                self._optimize_missing(array, chosen_units, progress)
+            for array in chosen:
+                if not self.has_table("indexes") or not len(self.sql(
+                        "SELECT 1 FROM indexes WHERE array_id = ? AND metric = 'l2'", [array.id])):
+                    self.index(model=array.model, layer=array.layer, reduce=array.reduce, weights=array.weights)
+            layered = [(self.array(a.model, a.layer, reduce=a.reduce, weights=a.weights), u) for a, u in layered]
+            queries = Queries(
+                neighbors=lambda texts, a: self.neighbors(texts, model=a.model, layer=a.layer, reduce=a.reduce,
+                                                          weights=a.weights, k=9),
+                classes=lambda texts, a: self.classes(texts, model=a.model, layer=a.layer, reduce=a.reduce,
+                                                      weights=a.weights, top=5))
+            return build(self, layered, out, queries, top=top, progress=progress)
+
+    def _optimize_missing(self, array: StoredArray, units: list[int], progress: bool) -> None:
+        """Feature visualizations (the default method) of the units that have none in this layer."""
+        have = set()
+        if self.has_table("optimized_images"):
+            have = set(self.sql("SELECT unit FROM optimized_images WHERE model = ? AND layer = ? "
+                                "AND objective = 'channel' AND sign = 1", [array.model, array.layer]).unit)
+        missing = [u for u in units if u not in have]
+        if missing:
+            self.optimize(model=array.model, layer=array.layer, units=",".join(map(str, missing)),
+                          weights=array.weights, progress=progress)
 
     # -- the demo ---------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ DEMO_LAYERS = {
                            "top_activation,avg_pool", "avg_pool"),
     "vgg19": ("block3_conv4,block4_conv4,block5_conv4,fc2", "block5_conv4"),
 }
+REPORT_LAYERS = {"efficientnet_lite0": "top_activation,avg_pool", "vgg19": "block5_conv4,fc2"}  # the report's arrays
 TRAJECTORY_K = 5  # the paper's 75 is more than a demo class holds
 
 # The circuits part, on the offline model: a circuit (expanded weights into block 3 from block 2's
@@ -135,8 +136,8 @@ class Step:
 def story(db, model: str | None = None, views: int = 8, progress: bool = False) -> Iterator[Step]:
     """The main job end to end on real photos: ingest, classify, index, nearest images and
     classes; optimized images, classified and placed among the stored classes; the analytics
-    with their plots (STORE/plots/), a trajectory across the stored layers among them; `info`
-    last. Each step runs before the next is made."""
+    with their plots (STORE/plots/), a trajectory across the stored layers among them; `info`;
+    the report of the store last. Each step runs before the next is made."""
     model = model or default_model()
     stored_layers, query_layer = DEMO_LAYERS[model]
     folder, originals = build_image_set(db.path, views)
@@ -156,6 +157,8 @@ def story(db, model: str | None = None, views: int = 8, progress: bool = False) 
     yield _trajectory_step(db, model, queries)
     yield from _circuits_maps_differentiation(db, folder, originals, views)
     yield Step("\n== actdb info", ("info",))
+    yield Step(f"\n== actdb report --layers {REPORT_LAYERS[model]}: this store as a Microscope (open the page below)",
+               ("report", "--model", model, "--layers", REPORT_LAYERS[model]))
 
 
 def _analytics(db, model: str, layer: str, queries: list[str]) -> Iterator[Step]:

@@ -68,3 +68,14 @@ def checked_output(path: str | os.PathLike, suffixes: tuple[str, ...], name: str
     if path.is_dir():
         raise invalid(name, str(path), "that is a folder; name a file")
     return path.resolve()
+
+
+def checked_folder(path: str | os.PathLike, name: str = "out") -> Path:
+    """An output folder, checked before the work: a folder (or nothing yet) inside one that can be written."""
+    path = Path(path).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise invalid(name, str(path), f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise invalid(name, str(path), f"cannot write into {existing}")
+    return path.resolve()

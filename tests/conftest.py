@@ -120,3 +120,10 @@ def one_faiss_thread():
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench_support: synthetic stores
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`actdb demo --views 2` run once per session: (store, click Result). Its tests read it."""
+    store = tmp_path_factory.mktemp("demo") / "demo"
+    return store, invoke("--store", store, "demo", "--views", 2)

@@ -19,7 +19,8 @@ from conftest import invoke, make_imagenet_tree, write_image
 
 # Options that only shape what the terminal shows; the API returns the whole result.
 PRINTING_ONLY = {"as_json", "as_csv", "quiet"}  # quiet: the API's progress=False
-CLI_ONLY = {("profile", "top"): "rows printed per query", ("weights", "expanded"): "implied by from_layer="}
+CLI_ONLY = {("profile", "top"): "rows printed per query", ("weights", "expanded"): "implied by from_layer=",
+            ("report", "serve"): "actdb.serve_report(path, port=)", ("report", "port"): "actdb.serve_report(path, port=)"}
 OPTIONS_CLASS = {"ingest": IngestOptions, "optimize": OptimizeOptions}  # **options methods
 
 
@@ -100,6 +101,7 @@ JSON_COMMANDS = {
     "optimize": [*NETWORK, "--layer", "conv2", "--units", "0", "--steps", "2", "--size", "32", "--out", "OUT",
                  "--quiet"],
     "ingest": ["SOURCE", *NETWORK, "--layers", "fc", "--quiet"],
+    "report": ["--model", "tiny", "--layers", "fc", "--units", "0-1"],
 }
 WITHOUT_JSON = {"demo": "a story told in steps; each step's command has --json"}
 

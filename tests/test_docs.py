@@ -25,6 +25,7 @@ PAGES = {
     "top-classes": "analytics.md", "profile": "analytics.md", "compare": "analytics.md",
     "weights": "network.md", "featuremaps": "network.md", "differentiation": "network.md",
     "trajectory": "trajectory.md",
+    "report": "report.md",
     "demo": "demo.md",
 }
 

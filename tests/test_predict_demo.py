@@ -60,8 +60,8 @@ def test_predict_bad_query_is_one_line(run_cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path, run_cli):
-    result = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
+def test_demo_runs_end_to_end(demo_run, run_cli):
+    store, result = demo_run
     assert result.exit_code == 0, result.output
     assert "ingested 12, skipped 0" in result.output
     assert "espresso" in result.output and "== actdb info" in result.output
@@ -69,19 +69,22 @@ def test_demo_runs_end_to_end(tmp_path, run_cli):
     classes = result.output.split("== actdb classes")[1].split("== actdb info")[0]
     assert "coffee_001.JPEG\n rank    class" in classes and "    1 espresso" in classes
     for picture in ("weights.png", "featuremaps.png", "differentiation.png"):  # analytics II on the real model
-        with Image.open(tmp_path / "demo" / "plots" / picture) as png:
+        with Image.open(store / "plots" / picture) as png:
             assert png.format == "PNG" and png.size[0] >= 600
     assert "block2b_add on " in result.output and "images noise:12: 12" in result.output
     story = result.output.split("== actdb optimize")[1]
     logit_row = next(line for line in story.splitlines() if "optimized:efficientnet_lite0.logits.u329" in line)
     assert logit_row.split()[4] == "sea_cucumber"  # EfficientNet-Lite0's top-1 for its own sea_cucumber logit image
-    assert (tmp_path / "demo" / "plots" / "optimized.png").is_file()
-    plots = tmp_path / "demo" / "plots"
+    assert (store / "plots" / "optimized.png").is_file()
+    plots = store / "plots"
     for name in ("distances", "map-tsne", "profile", "top-images", "top-classes", "trajectory"):
         assert (plots / f"{name}.png").stat().st_size > 10_000, name
     distances = result.output.split("== actdb distances")[1].split("== actdb map")[0]
     assert "        espresso  " in distances.split("from ")[1].splitlines()[2]  # the coffee view: espresso ranks first
     trajectory = result.output.split("== actdb trajectory")[1].split("== actdb weights")[0]
     assert "coffee_001.JPEG: Deep k-NN predicts espresso" in trajectory  # a real photo: its own class
-    again = run_cli("--store", tmp_path / "demo", "demo", "--views", 2)
+    report = result.output.split("== actdb report")[1]
+    assert "2560 units of 2 arrays" in report and f"open {store.resolve() / 'report' / 'index.html'}" in report
+    again = run_cli("--store", store, "demo", "--views", 2)
     assert "ingested 0, skipped 12" in again.output
+    assert "report: 0 files written" in again.output.split("== actdb report")[1]

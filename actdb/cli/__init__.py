@@ -5,7 +5,7 @@ that need no store) and prints the result with `output.emit`.
 One module per command group: store (info, sql, check), ingest, models (models, layers,
 predict), query (index, neighbors, classes), optimize, analytics (distances, map,
 top-images, top-classes, profile, compare), network (weights, featuremaps,
-differentiation) and demo.
+differentiation), report and demo.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def progress_bar(enabled: bool = True) -> bool:
     return enabled and sys.stderr.isatty()
 
 
-from . import analytics, demo, ingest, models, network, optimize, query, store  # noqa: E402, F401 - register
+from . import analytics, demo, ingest, models, network, optimize, query, report, store  # noqa: E402, F401 - register
 
 
 def main() -> None:

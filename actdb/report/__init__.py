@@ -1,0 +1,1 @@
+"""`actdb report`: a static site of the store (see `build`)."""
