@@ -155,3 +155,10 @@ def test_bad_options_are_one_line_before_any_work(tiny_store, tmp_path):
     (tmp_path / "file").write_text("x")
     one_line_error(invoke("--store", tiny_store, "report", "--out", tmp_path / "file" / "site"), "not a folder")
     assert not (tiny_store / "report" / "tiny" / "fc").exists()
+
+
+def test_a_tie_for_the_top_class_goes_to_the_class_the_strip_starts_with():
+    from actdb.report.build import _class_counts
+
+    counts = _class_counts(["palace", "espresso", None, "espresso", "palace", "tabby"])
+    assert list(counts.items()) == [("palace", 2), ("espresso", 2), ("tabby", 1)]

@@ -216,7 +216,7 @@ def _unit_page(site, layer: Layer, unit: int, chosen, images, thumbs, mine: list
     top_ids, top_values = summary.top_ids[unit], summary.top_values[unit]
     strip = thumbs.strip(f"strips/{folder}/{unit}.jpg", [f"id:{i}" for i in top_ids[:STRIP_IMAGES]])
     top_labels = [images.label(i) for i in top_ids]
-    counts = pd.Series([x for x in top_labels if x is not None], dtype=object).value_counts()
+    counts = _class_counts(top_labels)
     best_class = counts.index[0] if len(counts) else None
     vis = thumbs.of(f"optimized:{mine[0].name}") if mine else None
     row = {"unit": unit, "href": f"{unit}.html", "strip": strip and f"../../{strip}", "vis": vis and f"../../{vis}",
@@ -248,6 +248,17 @@ def _unit_page(site, layer: Layer, unit: int, chosen, images, thumbs, mine: list
                         for c, n in counts.head(PANEL_ROWS).items()],
               similar=similar, layers=_nav(chosen))
     return row, [*top_ids.tolist(), *summary.bottom_ids[unit].tolist(), *(i for _, i, _ in quantiles)]
+
+
+def _class_counts(labels: list) -> pd.Series:
+    """How many of the top images each class has, most first; a tie goes to the class of the
+    higher-ranked image (so the top class is one the strip starts with)."""
+    labelled = pd.Series([x for x in labels if x is not None], dtype=object)
+    if labelled.empty:
+        return pd.Series(dtype=np.int64)
+    frame = pd.DataFrame({"n": labelled.value_counts(), "first": labelled.drop_duplicates().reset_index()
+                          .set_index(0)["index"]})
+    return frame.sort_values(["n", "first"], ascending=[False, True]).n
 
 
 def _classes_by_mean(stats, unit: int) -> list[dict]:
