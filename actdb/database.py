@@ -28,6 +28,7 @@ from .results import warnings_of  # noqa: F401 - how the CLI prints every result
 from .store.catalog import missing_store_message
 from .store.locks import writing
 from .store.reader import Store, store_path
+from .store import derived
 from .store.stored_array import StoredArray
 from .units import parse_units  # noqa: F401 - the CLI checks unit lists while parsing
 
@@ -451,8 +452,7 @@ class Database(Store):
             for array, chosen_units in layered if optimize else ():
                 self._optimize_missing(array, chosen_units, progress)
             for array in chosen:
-                if not self.has_table("indexes") or not len(self.sql(
-                        "SELECT 1 FROM indexes WHERE array_id = ? AND metric = 'l2'", [array.id])):
+                if not derived.has_index(self, array, "l2"):
                     self.index(model=array.model, layer=array.layer, reduce=array.reduce, weights=array.weights)
             layered = [(self.array(a.model, a.layer, reduce=a.reduce, weights=a.weights), u) for a, u in layered]
             queries = Queries(

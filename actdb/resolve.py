@@ -16,6 +16,7 @@ import numpy as np
 
 from . import weightspec
 from .errors import ActdbError
+from .store import derived
 from .store.stored_array import StoredArray
 
 
@@ -169,9 +170,7 @@ def optimized_vectors(db, array: StoredArray, names: list[str]) -> np.ndarray:
     """Optimized images' vectors in one stored array: each PNG through the array's model exactly
     as a query file is. Kept in the catalog by the writers (optimize, ingest); computed here,
     never written, where one is missing (reading never writes the store)."""
-    kept = db.sql("SELECT name, vector FROM optimized_vectors WHERE array_id = ? AND name IN "
-                  "(SELECT unnest(?::VARCHAR[]))", [array.id, names])
-    found = dict(zip(kept.name, kept.vector))
+    found = derived.optimized_vectors(db, array, names)
     missing = [n for n in names if n not in found]
     if missing:
         pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [missing])
@@ -189,8 +188,7 @@ def optimized_vectors_in_every_array(db, names: list[str] | None = None) -> None
         return
     pngs = db.sql("SELECT name, png FROM optimized_images" + ("" if names is None else
                   " WHERE name IN (SELECT unnest(?::VARCHAR[]))"), None if names is None else [names])
-    kept = db.sql("SELECT name, array_id FROM optimized_vectors") if db.has_table("optimized_vectors") else None
-    have = set() if kept is None else set(zip(kept.name, kept.array_id))
+    have = derived.kept_optimized_vectors(db)
     groups: dict[tuple, list[StoredArray]] = {}
     for array in db.arrays():
         groups.setdefault(_forward_settings(db, array), []).append(array)
@@ -203,10 +201,8 @@ def optimized_vectors_in_every_array(db, names: list[str] | None = None) -> None
                                              [str(db.path / png) for png in lacking.png])
         except ActdbError:
             continue
-        with db.catalog.write() as con:
-            con.executemany("INSERT INTO optimized_vectors VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                            [(name, a.id, vector.tolist()) for a in group
-                             for name, vector in zip(lacking.name, computed[a.layer])])
+        derived.keep_optimized_vectors(db, [(name, a.id, vector) for a in group
+                                            for name, vector in zip(lacking.name, computed[a.layer])])
 
 
 def _npy_vector(path: str, channels: int) -> np.ndarray:

@@ -188,3 +188,145 @@ def test_a_dropped_arrays_id_is_never_reused_and_its_derived_data_goes_with_it(s
     labels = db.sql("SELECT id, label FROM images ORDER BY id").set_index("id").label.loc[ids].to_numpy()
     for label, score in zip(ranked["class"], ranked["score"]):
         assert score == pytest.approx(vectors[labels == label, 0].mean(), rel=1e-5)
+
+
+def _index_file(store):
+    db = actdb.open(store)
+    record = db.sql("SELECT file FROM indexes WHERE array_id = ?", [db.array("tiny", "conv2").id]).file[0]
+    return store / "indexes" / record
+
+
+def _other_index(store, tmp_path):
+    """A valid FAISS index of the same rows built by another store: another file of its kind."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(store, other)
+    db = actdb.open(other)
+    with db.catalog.write() as con:  # other values in the same rows: its neighbours differ
+        con.execute("DELETE FROM indexes")
+    values = zarr.open_array(other / "activations.zarr" / db.array("tiny", "conv2").zarr_path, mode="r")
+    assert values.shape[0] > 0
+    assert invoke("--store", other, "index", *ARRAY, "--metric", "cosine").exit_code == 0
+    return next((other / "indexes").glob("*cosine*")).read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["flip-header", "flip-middle", "flip-last", "truncated", "emptied",
+                                    "another-index", "deleted"])
+def test_a_damaged_index_file_is_never_searched(store, tmp_path, damage):
+    """Bytes flipped in the stored vectors decode without error in FAISS and would rank by them;
+    the crc32c recorded with the index catches every change before FAISS reads the file."""
+    assert invoke("--store", store, "index", *ARRAY).exit_code == 0
+    path = _index_file(store)
+    data = bytearray(path.read_bytes())
+    if damage.startswith("flip"):
+        at = {"flip-header": 20, "flip-middle": len(data) // 2, "flip-last": len(data) - 9}[damage]
+        data[at:at + 3] = bytes(b ^ 0x5A for b in data[at:at + 3])
+        path.write_bytes(bytes(data))
+    elif damage == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 3]))
+    elif damage == "emptied":
+        path.write_bytes(b"")
+    elif damage == "another-index":
+        path.write_bytes(_other_index(store, tmp_path))
+    else:
+        path.unlink()
+    result = invoke("--store", store, "neighbors", "id:4", *ARRAY, "-k", 3)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "index file" in result.output and "Traceback" not in result.output
+    report = actdb.open(store).check()
+    assert not report["ok"] and any(p["array"] == path.name for p in report["problems"])
+    assert actdb.open(store).check(repair=True)["repaired"]
+    assert invoke("--store", store, "index", *ARRAY).exit_code == 0
+    rows = json.loads(invoke("--store", store, "neighbors", "id:4", *ARRAY, "-k", 3, "--json").stdout)
+    db = actdb.open(store)
+    ids, vectors = db.activations("tiny", "conv2", return_ids=True)
+    distance = ((vectors.astype(np.float64) - vectors[list(ids).index(4)].astype(np.float64)) ** 2).sum(axis=1)
+    assert [r["id"] for r in rows] == ids[np.lexsort((ids, distance))][:3].tolist()  # NumPy brute force
+
+
+def test_the_index_of_a_trajectory_is_verified_too(store):
+    """The trajectory searches an array's index when it covers the set: a changed file is not used."""
+    assert invoke("--store", store, "index", *ARRAY).exit_code == 0
+    path = _index_file(store)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    from actdb.store import derived
+
+    db = actdb.open(store)
+    record = derived.index_record(db, db.array("tiny", "conv2"), "l2")
+    assert "crc32c" in derived.index_damage(db, record)
+
+
+def test_unit_statistics_are_kept_in_float64(store):
+    """float32 storage rounded a mean of ~1e3 to ~1e-4: the figures must be the pass's own."""
+    db = actdb.open(store)
+    db.unit_stats(model="tiny", layer="conv2")
+    kept = actdb.open(store).unit_stats(model="tiny", layer="conv2")  # read back from the catalog
+    ids, vectors = db.activations("tiny", "conv2", return_ids=True)
+    finite = np.isfinite(vectors).all(axis=1)
+    expected = vectors[finite].astype(np.float64)
+    np.testing.assert_allclose(kept.mean, expected.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(kept.std, expected.std(axis=0), rtol=1e-9, atol=1e-12)
+    assert db.sql("SELECT typeof(mean) AS t FROM unit_stats LIMIT 1").t[0] == "DOUBLE[]"
+
+
+def test_a_derived_table_replaced_by_another_is_named_by_check_rebuilt_by_repair(store):
+    """The finding: unit_stats replaced by another table gave raw DuckDB binder errors while
+    `check` said "no problems"."""
+    db = actdb.open(store)
+    db.unit_stats(model="tiny", layer="conv2")
+    with db.catalog.write() as con:
+        con.execute("DROP TABLE unit_stats")
+        con.execute("CREATE TABLE unit_stats (array_id VARCHAR, class INTEGER, mean VARCHAR)")
+        con.execute("INSERT INTO unit_stats VALUES ('1', 2, 'not a vector')")
+    result = invoke("--store", store, "check")
+    assert result.exit_code == 1 and "unit_stats" in result.output and "--repair" in result.output
+    assert "Traceback" not in result.output
+    ranked = invoke("--store", store, "top-classes", *ARRAY, "--unit", 0, "--by", "mean", "--json")
+    assert ranked.exit_code == 0, ranked.output  # recomputed for the answer, whatever the table holds
+    expected = means_by_class(actdb.open(store))
+    rows = json.loads(ranked.stdout)
+    assert {row["class"] for row in rows} == set(expected)
+    for row in rows:
+        assert row["score"] == pytest.approx(expected[row["class"]][0], rel=1e-6)
+    assert invoke("--store", store, "check", "--repair").exit_code == 0
+    assert invoke("--store", store, "check").exit_code == 0
+
+
+def test_a_primary_table_with_other_columns_is_refused_by_check_not_repaired(store):
+    db = actdb.open(store)
+    with db.catalog.write() as con:
+        con.execute("ALTER TABLE done RENAME COLUMN image_id TO row_id")
+    for args in (("check",), ("check", "--repair")):
+        result = invoke("--store", store, *args)
+        assert result.exit_code == 1, result.output
+        assert "done" in result.output and "restore the catalog from a backup" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_store_made_before_index_digests_and_float64_statistics_still_answers(store):
+    """Older derived tables: indexes without file digests, unit_stats in FLOAT[]: the index is
+    used as it is, the statistics are recomputed, and the next write brings both tables up."""
+    assert invoke("--store", store, "index", *ARRAY).exit_code == 0
+    db = actdb.open(store)
+    db.unit_stats(model="tiny", layer="conv2")
+    with db.catalog.write() as con:
+        con.execute("ALTER TABLE indexes DROP COLUMN file_crc32c")
+        con.execute("ALTER TABLE indexes DROP COLUMN file_bytes")
+        con.execute("CREATE TABLE old_stats AS SELECT array_id, class, members, mean::FLOAT[] AS mean, "
+                    "std::FLOAT[] AS std, rows_done, data_version, computed_at FROM unit_stats")
+        con.execute("DROP TABLE unit_stats")
+        con.execute("ALTER TABLE old_stats RENAME TO unit_stats")
+    assert invoke("--store", store, "check").exit_code == 0
+    assert invoke("--store", store, "neighbors", "id:4", *ARRAY, "-k", 3).exit_code == 0
+    kept = actdb.open(store).unit_stats(model="tiny", layer="conv2")
+    ids, vectors = actdb.open(store).activations("tiny", "conv2", return_ids=True)
+    np.testing.assert_allclose(kept.mean, vectors[np.isfinite(vectors).all(axis=1)].astype(np.float64).mean(axis=0),
+                               rtol=1e-12)
+    assert invoke("--store", store, "index", *ARRAY, "--rebuild").exit_code == 0
+    types = actdb.open(store).sql("SELECT column_name, data_type FROM information_schema.columns "
+                                  "WHERE table_name IN ('indexes', 'unit_stats')")
+    kinds = dict(zip(types.column_name, types.data_type))
+    assert kinds["file_crc32c"] == "VARCHAR" and kinds["mean"] == "DOUBLE[]"

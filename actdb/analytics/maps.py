@@ -3,7 +3,7 @@ vectors placed into the same map and returned with it, so the plot can draw them
 notebooks' t-SNE plot drew two sea_cucumber images instead of the optimized one).
 
 t-SNE is openTSNE's: FFT-accelerated, and its `transform` places new points into a fitted
-embedding without refitting. Fitted t-SNE maps are kept under STORE/maps/ as plain data (the
+embedding without refitting. Fitted t-SNE maps are kept under STORE/maps/ (store/derived.py) as plain data (the
 coordinates as .npy, never a pickle, beside a JSON of everything they were fitted on: array,
 its data version, ids, labels, method, perplexity, seed); what `transform` needs is rebuilt
 from them and the stored rows. Highlighting another query on the same map costs the
@@ -12,9 +12,6 @@ PCA is refitted every time (milliseconds); UMAP, optional, is refitted too.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import time
 from pathlib import Path
 
@@ -23,15 +20,15 @@ import pandas as pd
 
 from ..choices import MAP_METHODS, check_choice
 from ..errors import ActdbError
-from ..files import atomic_path, atomic_write, checked_output
+from ..files import atomic_path, checked_output
 from ..resolve import resolve
 from ..results import table
+from ..store import derived
 from ..store.stored_array import StoredArray
 from . import selection
 from .unitstats import unit_stats
 
 METHODS = MAP_METHODS
-MAPS_DIR = "maps"
 TSNE_PERPLEXITY = 30.0
 MAP_FORMAT = 2  # bump when what a cached map holds changes
 
@@ -96,15 +93,14 @@ def _fitted(db, array, method: str, points: pd.DataFrame, vectors: np.ndarray, s
     if method == "umap":
         return _fit_umap(vectors, seed), False, []
     identity = _identity(array, points, seed, len(vectors))
-    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
-    coordinates_file = db.path / MAPS_DIR / f"{method}-{key}.npy"
-    cached, problem = _read_cached(coordinates_file, identity)
+    coordinates_file = derived.map_file(db, identity)
+    cached, problem = derived.read_map(coordinates_file, identity)
     if cached is not None:
         return _tsne_embedding(cached, vectors, seed), True, []
     embedding = _fit_tsne(vectors, seed)
     warnings = [f"the cached t-SNE map {coordinates_file.name} was {problem}: refitted"] if problem else []
     try:
-        _write_cached(coordinates_file, identity, np.asarray(embedding))
+        derived.write_map(coordinates_file, identity, np.asarray(embedding))
     except OSError as exc:
         warnings.append(f"the map is not cached ({exc.strerror}): the next call fits it again")
     return embedding, False, warnings
@@ -115,36 +111,6 @@ def _identity(array, points: pd.DataFrame, seed: int, n: int) -> dict:
     return {"format": MAP_FORMAT, "array": array.id, "data_version": array.data_version, "method": "tsne",
             "perplexity": tsne_perplexity(n), "seed": seed, "kind": points.kind.iloc[0],
             "labels": points.label.tolist(), "ids": [None if pd.isna(i) else int(i) for i in points.id]}
-
-
-def _read_cached(path: Path, identity: dict) -> tuple[np.ndarray | None, str | None]:
-    """The cached coordinates, or None and what was wrong with them (None: not cached)."""
-    sidecar = path.with_suffix(".json")
-    if not path.exists() and not sidecar.exists():
-        return None, None
-    try:
-        recorded = json.loads(sidecar.read_text())
-        data = path.read_bytes()
-        coordinates = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        return None, f"unreadable ({type(exc).__name__})"
-    n = len(identity["ids"])
-    if not isinstance(recorded, dict) or recorded.get("identity") != identity:
-        return None, "recorded for other points"
-    if recorded.get("sha256") != hashlib.sha256(data).hexdigest():
-        return None, "changed since it was written (checksum mismatch)"
-    if coordinates.shape != (n, 2) or coordinates.dtype != np.float64 or not np.isfinite(coordinates).all():
-        return None, f"damaged (shape {coordinates.shape}, {coordinates.dtype})"
-    return coordinates, None
-
-
-def _write_cached(path: Path, identity: dict, coordinates: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, coordinates.astype(np.float64), allow_pickle=False)
-    data = buffer.getvalue()
-    atomic_write(path, data)  # a killed run leaves no half-written map
-    atomic_write(path.with_suffix(".json"), json.dumps({"identity": identity,
-                                                        "sha256": hashlib.sha256(data).hexdigest()}).encode())
 
 
 def _tsne_embedding(coordinates: np.ndarray, vectors: np.ndarray, seed: int):

@@ -47,7 +47,7 @@ from ..moments import GroupMoments
 from ..resolve import OPTIMIZED_PREFIX, resolve_in_arrays
 from ..results import Result
 from ..store import arrays as zarr_arrays
-from ..store import indexes
+from ..store import derived
 from ..store.stored_array import StoredArray
 
 DEFAULT_K = 75  # the paper's tutorial
@@ -343,12 +343,12 @@ def _search(db, array, zarr_array, vectors, neighbours, k, metric, exact) -> tup
     row): with the array's index when it holds the whole set, else exactly; and how."""
     reason = "exact (asked)" if exact else None
     if reason is None:
-        record = indexes.index_record(db, array, metric)
-        index = indexes.open_recorded_index(db, record) if record is not None else None
+        record = derived.index_record(db, array, metric)
+        index = None if record is None or derived.index_damage(db, record) else derived.open_index(db, record)
         if record is None:
             reason = f"exact (no {metric} index)"
         elif index is None:
-            reason = "exact (its index file is missing)"
+            reason = "exact (its index file is missing or damaged)"
         elif not np.isin(neighbours, knn.indexed_ids(index)).all():
             reason = "exact (its index is behind the stored rows: run `actdb index`)"
         else:

@@ -1,6 +1,6 @@
 """Per-unit statistics of a stored array: mean and standard deviation of every channel over
 all rows and within each class, from one streaming pass, kept in the catalog's
-`unit_stats` table and recomputed when rows were added since (like class centroids).
+`unit_stats` table (store/derived.py) at the array's data version, recomputed when it changed.
 
 The pass is `moments.GroupMoments`: memory holds a block and a (classes x channels)
 table, never the rows.
@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
-import pandas as pd
 
 from ..errors import ActdbError
 from ..moments import GroupMoments
-from ..store.catalog import UNIT_STATS_TABLE
+from ..store import derived
+from ..store.derived import ALL_ROWS
 from ..store.stored_array import StoredArray
 from . import selection
-
-ALL_ROWS = "*"
-
 
 @dataclass(frozen=True)
 class UnitStats:
@@ -64,49 +60,15 @@ def unit_stats(db, array: StoredArray, refresh: bool = False) -> UnitStats:
 
 
 def _read(db, array: StoredArray) -> UnitStats | None:
-    channels = array.channels
-    with db.catalog.read() as con:
-        exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'unit_stats'"
-                             ).fetchone()[0]
-        if not exists:
-            return None
-        try:
-            rows = con.execute(
-                f"SELECT class, members, mean::FLOAT[{channels}] AS mean, std::FLOAT[{channels}] AS std, "
-                "data_version FROM unit_stats WHERE array_id = ? ORDER BY class", [array.id]).fetchnumpy()
-        except duckdb.Error:  # made before data versions, or not the table actdb wrote: recompute
-            return None
-    if len(rows["class"]) == 0 or rows["data_version"][0] != array.data_version:
+    rows = derived.read_unit_stats(db, array)
+    if rows is None:
         return None
-    classes = np.asarray(rows["class"], dtype=object)
-    mean, std = (np.stack(rows[c]).astype(np.float64) for c in ("mean", "std"))
-    every = classes == ALL_ROWS
-    return UnitStats(int(rows["members"][every][0]), mean[every][0], std[every][0], classes[~every],
-                     np.asarray(rows["members"])[~every].astype(np.int64), mean[~every], std[~every])
+    every = rows["class"] == ALL_ROWS
+    mean, std, members = rows["mean"], rows["std"], rows["members"]
+    return UnitStats(int(members[every][0]), mean[every][0], std[every][0], rows["class"][~every],
+                     members[~every], mean[~every], std[~every])
 
 
 def _write(db, array: StoredArray, stats: UnitStats) -> None:
-    if not db.catalog.writable():  # a read-only store: computed for this answer, not kept
-        return
-    frame = pd.DataFrame({
-        "class": [ALL_ROWS, *stats.classes],
-        "members": [stats.members, *stats.class_members],
-        "mean": [row.astype(np.float32).tolist() for row in np.vstack([stats.mean, stats.class_mean])],
-        "std": [row.astype(np.float32).tolist() for row in np.vstack([stats.std, stats.class_std])],
-    })
-    with db.catalog.write() as con:
-        if _outdated_table(con):
-            con.execute("DROP TABLE unit_stats")  # derived only: rebuilt below from the stored rows
-        con.execute(UNIT_STATS_TABLE)
-        con.execute("DELETE FROM unit_stats WHERE array_id = ?", [array.id])
-        con.register("new_unit_stats", frame)
-        con.execute("INSERT INTO unit_stats (array_id, class, members, mean, std, rows_done, data_version) "
-                    "SELECT ?, class, members, mean, std, ?, ? FROM new_unit_stats",
-                    [array.id, array.rows_done, array.data_version])
-
-
-def _outdated_table(con) -> bool:
-    """A unit_stats table without the columns this version writes (older actdb, or replaced)."""
-    columns = {row[0] for row in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'unit_stats'").fetchall()}
-    return bool(columns) and not {"array_id", "class", "members", "mean", "std", "data_version"} <= columns
+    derived.write_unit_stats(db, array, [ALL_ROWS, *stats.classes], [stats.members, *stats.class_members],
+                             np.vstack([stats.mean, stats.class_mean]), np.vstack([stats.std, stats.class_std]))

@@ -20,6 +20,7 @@ from ..choices import OBJECTIVES, OPTIMIZE_METHODS, check_choice, check_seed
 from ..errors import ActdbError
 from ..files import atomic_write, checked_output
 from ..units import expand_units, parse_units
+from ..store import derived
 from ..store.catalog import OPTIMIZED_SCHEMA, Catalog
 from ..store.locks import writer_lock
 from ..store.reader import Store
@@ -350,7 +351,7 @@ def _write_store(store: Path, todo: list[Plan], made, loaded, digest: str, overw
                          hashlib.sha256(data).hexdigest()))
         names = [r[0] for r in rows]
         with catalog.write() as con:
-            con.execute("DELETE FROM optimized_vectors WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names])
+            derived.forget_optimized_vectors(con, names)
             con.execute("DELETE FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [names])
             con.executemany("INSERT INTO optimized_images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
                             "current_timestamp)", rows)

@@ -1,7 +1,7 @@
 """Queries over a store: build/refresh indexes and class centroids, nearest images, nearest classes.
 
 The FAISS math lives in actdb/knn and classes.py; this module only connects it to the
-store (Zarr rows, catalog metadata, index files under STORE/indexes/: store/indexes.py).
+store (Zarr rows, catalog metadata, index files under STORE/indexes/: store/derived.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ..errors import ActdbError
 from ..knn import index as faiss_index
 from ..resolve import resolve
 from ..results import table
-from ..store import arrays, indexes
+from ..store import arrays, derived
 from ..store.catalog import INDEX_DIR
 from ..store.locks import writer_lock
 from ..store.stored_array import StoredArray
@@ -45,7 +45,7 @@ def build(db, array: StoredArray, *, metric: str = "l2", kind: str = "auto",
         if len(ids) == 0:
             raise ActdbError(f"{array.name} has no stored rows yet: ingest images first")
         zarr_array = arrays.open_array(db.path, array.zarr_path)
-        existing = indexes.index_record(db, array, metric)
+        existing = derived.index_record(db, array, metric)
         report = _refresh(db, existing, ids, zarr_array, metric, kind) if existing is not None and not rebuild else None
         if report is None:
             report = _build_new(db, array, ids, zarr_array, metric, kind, recall)
@@ -68,7 +68,7 @@ def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
         arrays.iter_blocks(zarr_array, ids), dim, metric, chosen, valid_ids=ids,
         read_rows=lambda wanted: arrays.read_rows(zarr_array, wanted), recall_target=recall_target,
     )
-    path = indexes.index_file(db, array, metric)
+    path = derived.index_file(db, array, metric)
     faiss_index.save_index(index, path)
     report = asdict(built)
     report.update(file=path.name, action="built", requested_kind=kind, warnings=[note] if note else [])
@@ -78,8 +78,8 @@ def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
 def _refresh(db, existing: pd.Series, ids, zarr_array, metric, kind) -> dict | None:
     """Add new rows to an existing index; None when it must be rebuilt instead."""
     path = db.path / INDEX_DIR / existing.file
-    if kind not in ("auto", existing.kind) or not path.is_file():
-        return None
+    if kind not in ("auto", existing.kind) or derived.index_damage(db, existing):
+        return None  # a missing or damaged file is rebuilt
     index = faiss_index.load_index(path)
     indexed = faiss.vector_to_array(index.id_map)
     if np.setdiff1d(indexed, ids).size:
@@ -98,22 +98,7 @@ def _refresh(db, existing: pd.Series, ids, zarr_array, metric, kind) -> dict | N
 
 
 def _record(db, array, metric: str, report: dict, centroids: class_ranking.ClassCentroids) -> None:
-    with db.catalog.write() as con:
-        con.execute("ALTER TABLE indexes ADD COLUMN IF NOT EXISTS data_version VARCHAR")  # stores made before it
-        con.execute("DELETE FROM indexes WHERE array_id = ? AND metric = ?", [array.id, metric])
-        con.execute(
-            "INSERT INTO indexes (array_id, metric, kind, factory, params, n_rows, recall_at_10, eval_queries, "
-            "build_seconds, file, data_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [array.id, metric, report["kind"], report["factory"], json.dumps(report["search_params"]),
-             report["n_rows"], report["recall_at_10"], report["n_eval_queries"], report["build_seconds"],
-             report["file"], array.data_version],
-        )
-        con.execute("DELETE FROM class_centroids WHERE array_id = ? AND metric = ?", [array.id, metric])
-        frame = pd.DataFrame({"label": centroids.labels, "members": centroids.counts,
-                              "centroid": [row.astype(np.float32).tolist() for row in centroids.centroids]})
-        con.register("new_centroids", frame)
-        con.execute("INSERT INTO class_centroids SELECT ?, ?, label, members, centroid FROM new_centroids",
-                    [array.id, metric])
+    derived.record_index(db, array, metric, report, centroids.labels, centroids.counts, centroids.centroids)
 
 
 def _labels_by_id(db) -> np.ndarray:
@@ -153,7 +138,7 @@ def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
 
     Refused when rows it holds are no longer stored (unmarked by `check --repair`): their
     neighbours and the class centroids would be answers about data the store disowns."""
-    row = indexes.index_record(db, array, metric)
+    row = derived.index_record(db, array, metric)
     if row is None:
         raise _missing_index(f"no {metric} index for {array.name} yet", array, metric)
     if row.get("data_version") == array.data_version:
@@ -173,20 +158,14 @@ def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
 
 
 def _indexed_ids(db, row: pd.Series) -> np.ndarray:
-    path = db.path / INDEX_DIR / row.file
-    if not path.is_file():
-        return np.zeros(0, np.int64)
-    index = faiss_index.load_index(path)  # held while its id map is copied: the map lives inside it
+    index = derived.open_index(db, row)  # held while its id map is copied: the map lives inside it
     return faiss.vector_to_array(index.id_map)
 
 
 def _open_index(db, array, metric: str) -> tuple[faiss.Index, list[str]]:
     """The array's index with its tuned search effort, and a warning if it is behind."""
     row, warnings = _checked_index_row(db, array, metric)
-    index = indexes.open_recorded_index(db, row)
-    if index is None:
-        raise _missing_index(f"the index file {db.path / INDEX_DIR / row.file} is missing", array, metric)
-    return index, warnings
+    return derived.open_index(db, row), warnings
 
 
 def neighbors(db, array: StoredArray, queries: list, *, k: int = 10, where: str | None = None,
@@ -251,12 +230,8 @@ def _centroids(db, array, metric: str) -> class_ranking.ClassCentroids:
 
 
 def _read_centroids(db, array, metric: str) -> class_ranking.ClassCentroids:
-    """Class means from the catalog; fetched as NumPy (a DataFrame of lists costs ~50 ms for 1000 classes)."""
-    with db.catalog.read() as con:
-        rows = con.execute(
-            f"SELECT label, members, centroid::FLOAT[{array.channels}] AS centroid FROM class_centroids "
-            "WHERE array_id = ? AND metric = ? ORDER BY label", [array.id, metric]).fetchnumpy()
-    if len(rows["label"]) == 0:
+    rows = derived.read_centroids(db, array, metric)
+    if rows is None:
         raise _missing_index(f"no class centroids for {array.name} ({metric}) yet", array, metric)
     centroids = np.stack(rows["centroid"]).astype(np.float64)
     return class_ranking.ClassCentroids(np.asarray(rows["label"], dtype=object), centroids,

@@ -1,4 +1,5 @@
 """The DuckDB catalog: every image's metadata, models, arrays, runs, completion, errors.
+Derived tables (indexes, centroids, statistics, optimized vectors) are derived.py's.
 
 Sessions are short (open, one transaction, close) so that readers and the one writer
 take turns; see locks.py. Row i of every Zarr array is images.id = i.
@@ -76,29 +77,6 @@ CREATE TABLE predictions (model_id INTEGER NOT NULL, image_id BIGINT NOT NULL, r
                           PRIMARY KEY (model_id, image_id, rank));
 CREATE TABLE errors (path VARCHAR NOT NULL, image_id BIGINT, reason VARCHAR NOT NULL, run_id INTEGER,
                      logged_at TIMESTAMP DEFAULT current_timestamp);
-CREATE TABLE indexes (
-    array_id INTEGER NOT NULL,
-    metric VARCHAR NOT NULL,       -- l2 | cosine | correlation
-    kind VARCHAR NOT NULL,         -- flat | ivf | hnsw | ivfpq
-    factory VARCHAR,
-    params JSON,                   -- search effort chosen at build time (nprobe, efSearch)
-    n_rows BIGINT NOT NULL,        -- rows indexed; fewer than done rows means the index is behind
-    recall_at_10 DOUBLE,           -- measured against exact search at build time (1.0 for flat)
-    eval_queries INTEGER,
-    build_seconds DOUBLE,
-    file VARCHAR NOT NULL,         -- inside indexes/
-    built_at TIMESTAMP DEFAULT current_timestamp,
-    data_version VARCHAR,          -- the array's data version it was built at (NULL: before versions)
-    PRIMARY KEY (array_id, metric)
-);
-CREATE TABLE class_centroids (
-    array_id INTEGER NOT NULL,
-    metric VARCHAR NOT NULL,       -- centroids of the vectors as the metric sees them
-    label VARCHAR NOT NULL,
-    members BIGINT NOT NULL,
-    centroid FLOAT[] NOT NULL,
-    PRIMARY KEY (array_id, metric, label)
-);
 CREATE TABLE imagenet_classes (class_index SMALLINT PRIMARY KEY, wnid VARCHAR, name VARCHAR);
 CREATE VIEW array_list AS
     SELECT a.id AS array_id, m.name AS model, m.weights, a.layer, a.reduce, a.channels, a.dtype,
@@ -129,28 +107,6 @@ CREATE TABLE IF NOT EXISTS optimized_images (
     png VARCHAR NOT NULL,          -- relative to the store
     png_sha256 VARCHAR NOT NULL,
     created TIMESTAMP NOT NULL DEFAULT current_timestamp
-);
-CREATE TABLE IF NOT EXISTS optimized_vectors (  -- the PNG through each stored array's model, as a query file
-    name VARCHAR NOT NULL,
-    array_id INTEGER NOT NULL,
-    vector FLOAT[] NOT NULL,
-    PRIMARY KEY (name, array_id)
-);
-"""
-
-# Per-unit statistics of an array (analytics): added after schema version 1, so it is
-# created on first write and stores made before it still open.
-UNIT_STATS_TABLE = """
-CREATE TABLE IF NOT EXISTS unit_stats (
-    array_id INTEGER NOT NULL,
-    class VARCHAR NOT NULL,        -- a label, or '*' for every row
-    members BIGINT NOT NULL,       -- finite rows counted
-    mean FLOAT[] NOT NULL,         -- per channel
-    std FLOAT[] NOT NULL,          -- per channel, population (ddof 0)
-    rows_done BIGINT NOT NULL,     -- done rows of the array when computed
-    data_version VARCHAR NOT NULL, -- the array's data version (digest of its done ids) when computed: else stale
-    computed_at TIMESTAMP DEFAULT current_timestamp,
-    PRIMARY KEY (array_id, class)
 );
 """
 
@@ -223,6 +179,7 @@ class Catalog:
     def create(self) -> None:
         """Create the schema; the caller holds the writer lock."""
         from .. import imagenet
+        from .derived import DERIVED_SCHEMA
 
         self.store.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".creating")
@@ -231,7 +188,7 @@ class Catalog:
         try:
             con.execute(SCHEMA)
             con.execute(OPTIMIZED_SCHEMA)
-            con.execute(UNIT_STATS_TABLE)
+            con.execute(DERIVED_SCHEMA)
             con.execute(CHUNK_DIGESTS_TABLE)
             con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
             con.executemany(

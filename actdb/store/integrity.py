@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActdbError
-from . import arrays
+from . import arrays, derived
 from .catalog import (ARRAY_KEYED_TABLES, CATALOG_FILE, CHUNK_DIGESTS_TABLE, INDEX_DIR, Catalog,
                       missing_store_message, table_names)
 from .locks import writer_lock
@@ -81,6 +81,7 @@ class _Fixes:
     drop_indexes: list  # (array_id, metric)
     digests: list = field(default_factory=list)  # (array_id, chunk, rows, digest or None: delete)
     add_checksums: list = field(default_factory=list)  # StoredArrays made before checksums
+    recreate_tables: list = field(default_factory=list)  # derived tables with other columns: rebuilt empty
     delete_arrays: list = field(default_factory=list)  # Zarr arrays no catalog row names
 
 
@@ -89,15 +90,35 @@ def _inspect(db):
     notes: list[str] = []
     fixes = _Fixes([], [], [], [])
     checked = {"arrays": 0, "chunks": 0, "rows": 0, "digests": 0, "indexes": 0}
+    if not _check_columns(db, problems, fixes):
+        return problems, fixes, checked, notes  # nothing else can be read as actdb wrote it
     recorded = _recorded_digests(db)
     for array in db.arrays():
         checked["arrays"] += 1
         _check_array(db, array, recorded.get(array.id, {}), problems, fixes, checked, notes)
     _check_stale_arrays(db, notes, fixes)
-    _check_indexes(db, problems, fixes, checked)
-    _drop_indexes_of_unmarked_rows(db, fixes)
+    if "indexes" not in fixes.recreate_tables:
+        _check_indexes(db, problems, fixes, checked)
+        _drop_indexes_of_unmarked_rows(db, fixes)
     _check_optimized(db, problems, checked)
     return problems, fixes, checked, notes
+
+
+def _check_columns(db, problems, fixes) -> bool:
+    """actdb's own tables have the columns this version reads. A derived table that does not is
+    rebuilt empty by repair (and recomputed on use); a primary one cannot be: False, stop."""
+    with db.catalog.read() as con:
+        wrong = derived.column_problems(con)
+    primary_ok = True
+    for table, what in wrong:
+        is_derived = table in derived.DERIVED_TABLES
+        problems.append(Problem("catalog table changed", table, f"the catalog table {table} {what}: " + (
+            "`actdb check --repair` rebuilds it empty, recomputed on use" if is_derived else
+            "it is not the table actdb wrote; restore the catalog from a backup"), repairable=is_derived))
+        if is_derived:
+            fixes.recreate_tables.append(table)
+        primary_ok = primary_ok and is_derived
+    return primary_ok
 
 
 def _recorded_digests(db) -> dict[int, dict[int, str]]:
@@ -237,7 +258,7 @@ def _check_indexes(db, problems, fixes, checked) -> None:
     import faiss
 
     folder = db.path / INDEX_DIR
-    recorded = db.sql("SELECT array_id, metric, file, n_rows FROM indexes ORDER BY array_id, metric")
+    recorded = db.sql("SELECT * FROM indexes ORDER BY array_id, metric")
     for row in recorded.itertuples():
         checked["indexes"] += 1
         path = folder / row.file
@@ -250,8 +271,11 @@ def _check_indexes(db, problems, fixes, checked) -> None:
             except RuntimeError:
                 what = ("corrupt index file", f"{path} cannot be read")
             else:
+                damage = derived.index_damage(db, recorded.loc[row.Index])
                 if n_total != row.n_rows:
                     what = ("index rows differ", f"{path} holds {n_total} rows, its catalog record {row.n_rows}")
+                elif damage:
+                    what = ("changed index file", damage)
         if what:
             problems.append(Problem(what[0], row.file, what[1]))
             fixes.drop_indexes.append((int(row.array_id), row.metric))
@@ -266,6 +290,10 @@ def _apply(db, fixes: _Fixes) -> list[str]:
     """Catalog first (rows unmarked are recomputed by the next ingest), then the files."""
     done = []
     with db.catalog.write() as con:
+        for table in fixes.recreate_tables:
+            con.execute(f"DROP TABLE {table}")
+            done.append(f"the catalog table {table} rebuilt empty (derived: recomputed on use)")
+        derived.ensure_tables(con)
         con.execute(CHUNK_DIGESTS_TABLE)
         for array_id, ids in fixes.unmark:
             con.execute("DELETE FROM done WHERE array_id = ? AND image_id IN (SELECT unnest(?::BIGINT[]))",
@@ -283,8 +311,7 @@ def _apply(db, fixes: _Fixes) -> list[str]:
                                 [array_id])
             done.append(f"array {array_id}: dropped from the catalog (its Zarr array is gone)")
         for array_id, metric in fixes.drop_indexes:
-            con.execute("DELETE FROM indexes WHERE array_id = ? AND metric = ?", [array_id, metric])
-            con.execute("DELETE FROM class_centroids WHERE array_id = ? AND metric = ?", [array_id, metric])
+            derived.drop_index(con, array_id, metric)
             done.append(f"array {array_id}: {metric} index record dropped; run `actdb index` to rebuild it")
     for path in fixes.delete_files:
         Path(path).unlink(missing_ok=True)
