@@ -220,7 +220,7 @@ class Database(Store):
     # -- query: indexes, nearest images, nearest classes ----------------------------------------
 
     def index(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
-              weights: str | None = None, metric: str = "l2", kind: str = "auto", recall: float = 0.95,
+              weights: str | None = None, metric: str = "l2", kind: str = "auto", recall: float = 0.99,
               rebuild: bool = False, wait: bool = False) -> dict:
         """Build or bring up to date the FAISS index and class centroids of an array; the build report.
         `recall`: the recall@10 an approximate index must reach, measured against exact search.
@@ -407,8 +407,8 @@ class Database(Store):
         over `model`'s stored arrays in the network's order: per layer its k nearest images, class
         shares, nearest class by centroid and `class_name`'s ranks and percentile; across the layers,
         Deep k-NN's p-values, prediction, credibility and confidence, calibrated on a seeded
-        `calibration` share of the labelled images (or those matching `calibration_where`), which
-        are never neighbours. A `Trajectory`; `plot`: the trajectories drawn."""
+        `calibration` share of the labelled images, at most 1000 (or those matching `calibration_where`),
+        which are never neighbours. A `Trajectory`; `plot`: the trajectories drawn."""
         from .analytics import trajectory as deep_knn
         from .files import checked_output
 

@@ -70,6 +70,31 @@ def pairwise_distances(queries: np.ndarray, rows: np.ndarray, metric: str) -> np
     return np.sqrt(np.maximum(squared, 0.0))
 
 
+def screening_distances(queries: np.ndarray, rows: np.ndarray, metric: str) -> np.ndarray:
+    """`pairwise_distances` in float32, for choosing candidates only (their reported distances
+    are then `paired_distances`): one float32 matrix product, no float64 copy of the rows."""
+    q = np.asarray(queries, dtype=np.float32)
+    x = np.asarray(rows, dtype=np.float32)
+    products = q @ x.T
+    if metric != "l2":
+        return 1.0 - products
+    products *= -2.0
+    products += np.einsum("ij,ij->i", q, q)[:, None]
+    products += np.einsum("ij,ij->i", x, x)[None, :]
+    return np.sqrt(np.maximum(products, 0.0, out=products), out=products)
+
+
+PAIRED_BLOCK_ENTRIES = 1 << 21  # values per operand gathered at once (16 MiB as float64)
+
+
+def paired_distances_gathered(n_pairs: int, dim: int, gather, metric: str) -> np.ndarray:
+    """`paired_distances` of n pairs whose operands `gather(slice)` returns, a block of pairs at a
+    time: 152,000 candidate pairs of 2048-d rows gathered at once are 5 GB of float64 copies."""
+    step = max(1, PAIRED_BLOCK_ENTRIES // max(1, dim))
+    parts = [paired_distances(*gather(slice(i, i + step)), metric) for i in range(0, n_pairs, step)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
 def paired_distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     """Reported distance between row i of `a` and row i of `b` (prepared), float64.
 

@@ -288,6 +288,57 @@ def seeds_loop(cut, name: str, paths: list[str]) -> Sample:
     return sample
 
 
+def cut_only(cut, preprocess):
+    """The forward pass without the spatial mean: the reduction's cost is the difference."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32)])
+    def forward(pixels):
+        return tf.cast(cut(preprocess(pixels), training=False), tf.float32)
+
+    return forward
+
+
+def hand_loop_on_actdb_reader(forward, paths: list[str], batch_size: int) -> Sample:
+    """The hand pipeline's loop over actdb's own reader: isolates the reader from the rest of ingest."""
+    ids = np.arange(len(paths), dtype=np.int64)
+    with Meter() as meter:
+        n = 0
+        for batch in pipeline.image_dataset(ids, paths, SIZE, "center-crop", batch_size):
+            forward(batch["pixels"]).numpy()
+            n += int(batch["id"].shape[0])
+        return meter.stop(n)
+
+
+def write_only(root: Path, channels: int, n: int, batch_size: int) -> Sample:
+    """actdb's writer (StoreWriter: Zarr chunks, digests, catalog commits) fed ready rows of one
+    layer's width, as the forward pass hands them over."""
+    from actdb.ingest import writer
+    from actdb.store import arrays
+    from actdb.store.catalog import Catalog
+
+    store = Path(tempfile.mkdtemp(prefix="write_", dir=root))
+    catalog = Catalog(store)
+    catalog.create()
+    with catalog.write() as con:
+        con.execute("INSERT INTO images (id, path) SELECT i, 'p' || i FROM range(?) t(i)", [n])
+        con.execute("INSERT INTO models VALUES (1, 'bench', 'none', NULL, 'none', 224, NULL, NULL)")
+        con.execute("INSERT INTO arrays VALUES (1, 1, 'layer', 'mean', ?, 'float32', 'float32', 'center-crop', 'b')",
+                    [channels])
+    run_id = writer.start_run(catalog, {})
+    target = writer.ArrayTarget(1, "layer", arrays.create(store, "b", n, channels, "float32", {}), np.ones(n, bool))
+    rows = np.random.default_rng(0).random((batch_size, channels), dtype=np.float32)
+    with Meter() as meter:
+        sink = writer.StoreWriter(catalog, run_id, [target], 1, predictions=False)
+        for start in range(0, n, batch_size):
+            ids = np.arange(start, min(n, start + batch_size))
+            sink.put(writer.Batch(ids, np.zeros((len(ids), 8), np.uint8), np.full(len(ids), 256),
+                                  np.full(len(ids), 256), {"layer": rows[: len(ids)]}))
+        sink.close()
+        sample = meter.stop(n)
+    shutil.rmtree(store)
+    return sample
+
+
 def decode_only(paths: list[str], batch_size: int) -> Sample:
     """actdb's own tf.data pipeline (read, decode, resize, batch) with no model."""
     ids = np.arange(len(paths), dtype=np.int64)
@@ -457,6 +508,9 @@ def section(name: str, args, root: Path, table: list) -> None:
         print(f"  round {r + 1}/{args.rounds} done", flush=True)
     decode = Best()
     decode.add(decode_only(paths, bs))
+    if args.split:
+        split_batch(name, layer, root, cut, preprocess, forward, batch, bare_calls, paths, bs, decode, bare, ours,
+                    hand)
 
     print(f"bare forward ({bare_calls} x fixed batch)   {bare}")
     print(f"hand tf.data pipeline            {hand}")
@@ -514,6 +568,29 @@ def section(name: str, args, root: Path, table: list) -> None:
                       -MEMORY_GROWTH_LIMIT))
     for store in stores.values():
         shutil.rmtree(store, ignore_errors=True)
+
+
+def split_batch(name, layer, root, cut, preprocess, forward, batch, calls, paths, bs, decode, bare, ours, hand):
+    """One batch's time split into decode, forward, reduction and write (each measured alone,
+    best of 2), against the batch time of ingest and of the hand pipeline."""
+    model_only, reader_loop, write = Best(), Best(), Best()
+    no_mean = cut_only(cut, preprocess)
+    no_mean(batch).numpy()
+    channels = int(forward(batch).shape[-1])
+    for _ in range(2):
+        model_only.add(bare_forward(no_mean, batch, calls))
+        reader_loop.add(hand_loop_on_actdb_reader(forward, paths, bs))
+        write.add(write_only(root, channels, len(paths), bs))
+    ms = {"decode (actdb reader, no model)": bs / decode.ips, "forward (cut model, no mean)": bs / model_only.ips,
+          "reduction (mean; forward with it - without)": bs / bare.ips - bs / model_only.ips,
+          "write (StoreWriter, ready rows)": bs / write.ips}
+    print(f"  one batch of {bs} ({name} -> {layer}), each part alone, ms:")
+    for part, seconds in ms.items():
+        print(f"    {part:<46} {1000 * seconds:8.1f}")
+    print(f"    {'sum (if nothing overlapped)':<46} {1000 * sum(ms.values()):8.1f}")
+    for label, best in (("actdb ingest", ours), ("hand tf.data pipeline", hand),
+                        ("hand loop on actdb's reader", reader_loop)):
+        print(f"    {label + ', per batch':<46} {1000 * bs / best.ips:8.1f}   ({best.ips:.1f} img/s)")
 
 
 def lite_section(args, root: Path, table: list) -> None:
@@ -575,6 +652,8 @@ def main() -> None:
     parser.add_argument("--lite-images", type=int, default=240, help="views for the efficientnet_lite0 top-1 check")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--no-precision-check", dest="precision_check", action="store_false")
+    parser.add_argument("--no-split", dest="split", action="store_false",
+                        help="skip splitting one batch into decode, forward, reduction and write")
     args = parser.parse_args()
 
     start = time.perf_counter()

@@ -47,10 +47,14 @@ class Activations:
 
     def sample(self, n_rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         labels = rng.integers(0, len(self.centres), n_rows)
-        latent = self.centres[labels] + self.axis_sd * rng.standard_normal((n_rows, LATENT_DIM), np.float32)
+        return self.rows_of(labels, rng), labels
+
+    def rows_of(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One row per label (class index)."""
+        latent = self.centres[labels] + self.axis_sd * rng.standard_normal((len(labels), LATENT_DIM), np.float32)
         rows = np.maximum(latent @ self.mixing, 0.0)
         rows += self.noise * rng.random(rows.shape, dtype=np.float32)
-        return rows, labels
+        return rows
 
     def table(self, n_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -123,7 +127,7 @@ def main() -> None:
     parser.add_argument("--single-queries", type=int, default=200)
     parser.add_argument("--batch-queries", type=int, default=1000)
     parser.add_argument("--memory-gib", type=float, default=8.0, help="memory budget given to the auto policy")
-    parser.add_argument("--recall-target", type=float, default=0.95)
+    parser.add_argument("--recall-target", type=float, default=0.99)
     args = parser.parse_args()
     started = time.perf_counter()
 

@@ -52,6 +52,9 @@ from ..store.stored_array import StoredArray
 
 DEFAULT_K = 75  # the paper's tutorial
 DEFAULT_CALIBRATION = 0.1
+# The share is capped: every calibration image is a k-NN search per layer, so 10% of ImageNet
+# (128,000 searches over 1.15M rows per layer) would take hours; the paper's tutorial uses 750.
+MAX_CALIBRATION = 1000
 TOP_SHOWN = 3  # classes named per layer in the table and drawn beside the target
 
 
@@ -251,10 +254,12 @@ def split(db, found: list[StoredArray], calibration: float, calibration_where: s
         held_out = np.isin(ids, chosen)
         how = f"where {calibration_where}"
     else:
-        count = max(1, int(round(calibration * len(ids))))
+        share = max(1, int(round(calibration * len(ids))))
+        count = min(share, MAX_CALIBRATION)
         held_out = np.zeros(len(ids), bool)
         held_out[np.random.default_rng(seed).choice(len(ids), min(count, len(ids)), replace=False)] = True
-        how = f"a seeded share {calibration:g} (seed {seed})"
+        how = f"a seeded share {calibration:g} (seed {seed})" + (
+            f", capped at {MAX_CALIBRATION} images" if count < share else "")
     if not held_out.any():
         raise invalid("calibration_where", calibration_where,
                       "no labelled image with a row in every chosen layer matches it")

@@ -226,7 +226,8 @@ def compare(session, model, layers, models, layer, method, reduce, weights, wher
 @click.option("--class", "class_name", help="Follow this class: its kNN share and ranks, and the query's percentile "
               "among its members' distances to its centroid, per layer (default: the prediction).")
 @click.option("--calibration", type=float, default=0.1, show_default=True,
-              help="Share of the labelled images held out (seeded) to calibrate the p-values; never neighbours.")
+              help="Share of the labelled images held out (seeded, at most 1000 images) to calibrate the p-values; "
+              "never neighbours.")
 @click.option("--calibration-where", help="SQL condition on images columns choosing the calibration images "
               "instead of --calibration.")
 @click.option("--exact", is_flag=True, help="Search every layer exactly, even where an index exists.")

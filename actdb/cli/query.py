@@ -16,7 +16,7 @@ QUERY_HELP = "QUERY: an image file, id:N (a stored image), optimized:NAME or a .
 @metric_option
 @click.option("--kind", type=click.Choice(("auto", *choices.INDEX_KINDS)), default="auto", show_default=True,
               help="auto: exact (flat) while it fits memory and a 50 ms scan, else IVF tuned to --recall.")
-@click.option("--recall", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+@click.option("--recall", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="recall@10 an approximate index must reach (measured against exact search).")
 @click.option("--rebuild", is_flag=True, help="Build anew instead of adding new rows (retrains IVF lists).")
 @wait_option

@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 
 from ..choices import INDEX_KINDS, check_choice
-from ..distance import check_metric, paired_distances, pairwise_distances, prepare
+from ..distance import check_metric, paired_distances_gathered, prepare, screening_distances
 from ..errors import ActdbError
 from ..files import atomic_path
 from .metrics import faiss_metric_type, prepare_queries, reported_distances
@@ -43,7 +43,7 @@ ReadRows = Callable[[np.ndarray], np.ndarray]
 
 KINDS = INDEX_KINDS
 RECALL_K = 10
-DEFAULT_RECALL_TARGET = 0.95
+DEFAULT_RECALL_TARGET = 0.99  # a research answer should be right first; --recall lowers it
 DEFAULT_EVAL_QUERIES = 500
 DEFAULT_LATENCY_BUDGET_SECONDS = 0.05
 # FAISS scans for one query on one core: 4.5 GB/s measured at 1M x 512 (bench/query.py),
@@ -52,7 +52,11 @@ FLAT_SCAN_BYTES_PER_SECOND = 5e9
 # IDMap2 keeps an id array and a reverse hash map per row.
 ID_BYTES_PER_ROW = 48
 HNSW_NEIGHBOURS = 32
-LISTS_PER_SQRT_ROW = 4  # FAISS wiki: K between 4*sqrt(N) and 16*sqrt(N)
+# FAISS wiki: K between 4*sqrt(N) and 16*sqrt(N) for search speed; training and adding cost
+# grow with K. Measured on 1M x 512 at recall@10 0.99 (2 cores): 4*sqrt(N) (IVF4000, nprobe 40)
+# builds in 99.6 s and answers in 2.7 ms p50; 2*sqrt(N) (IVF2000, nprobe 64) in 49.3 s and 6.1 ms.
+# A build a researcher waits for matters more than 3 ms per query.
+LISTS_PER_SQRT_ROW = 2
 TRAIN_ROWS_PER_LIST = 40  # FAISS warns below 39 training rows per list
 PQ_TRAIN_ROWS = 10_000  # 39 rows for each of a sub-quantiser's 256 codewords
 DIMS_PER_PQ_BYTE = 8
@@ -501,7 +505,10 @@ def _refined_search(index, queries, k, metric, candidates):
         complete = ~in_window[:, -1] | (fetch >= n_available)
         query_rows, columns = np.nonzero(in_window)
         candidate_ids = found[query_rows, columns]
-        exact = paired_distances(queries[pending][query_rows], index.reconstruct_batch(candidate_ids), metric)
+        waiting = queries[pending]
+        exact = paired_distances_gathered(
+            len(query_rows), queries.shape[1],
+            lambda part: (waiting[query_rows[part]], index.reconstruct_batch(candidate_ids[part])), metric)
         top_ids, top_distances = _top_k_per_query(query_rows, candidate_ids, exact, len(pending), k)
         done = pending[complete]
         ids[done], distances[done] = top_ids[complete], top_distances[complete]
@@ -549,12 +556,15 @@ def _top_k_per_query(query_rows, ids, distances, n_queries, k):
 class _ExactTopK:
     """The exact k nearest rows of fixed (prepared) queries, updated block by block.
 
-    Each block is screened with one float64 matrix product; the rows within rounding of a
-    query's k-th screened distance get per-pair distances, so ties are ranked by id.
+    Each block is screened with one float32 matrix product (twice float64's speed, and its
+    rounding, ~1e-6 of the squared norms, is well inside SCREEN_RELATIVE_ERROR); the rows
+    within rounding of a query's k-th screened distance get per-pair float64 distances, so
+    ties are ranked by id.
     """
 
     def __init__(self, queries: np.ndarray, k: int, metric: str):
         self.queries, self.k, self.metric = queries, k, metric
+        self.queries32 = np.ascontiguousarray(queries, dtype=np.float32)
         self.squared_norms = np.einsum("ij,ij->i", queries, queries, dtype=np.float64)
         self.ids = np.full((len(queries), k), -1, dtype=np.int64)
         self.distances = np.full((len(queries), k), np.inf)
@@ -565,11 +575,13 @@ class _ExactTopK:
             self._update_slice(ids[start:start + step], rows[start:start + step])
 
     def _update_slice(self, ids: np.ndarray, rows: np.ndarray) -> None:
-        screened = pairwise_distances(self.queries, rows, self.metric)
+        screened = screening_distances(self.queries32, rows, self.metric)
         kth_column = min(self.k, len(ids)) - 1
         kth = np.partition(screened, kth_column, axis=1)[:, kth_column]
         query_rows, columns = np.nonzero(screened <= _tie_limit(kth, self.squared_norms, self.metric)[:, None])
-        exact = paired_distances(self.queries[query_rows], rows[columns], self.metric)
+        exact = paired_distances_gathered(len(query_rows), rows.shape[1],
+                                          lambda part: (self.queries[query_rows[part]], rows[columns[part]]),
+                                          self.metric)
         kept_rows, kept_columns = np.nonzero(self.ids >= 0)
         self.ids, self.distances = _top_k_per_query(
             np.concatenate([kept_rows, query_rows]),
