@@ -26,18 +26,19 @@ class GroupMoments:
         if not len(codes):
             return
         self._grow(int(codes.max()) + 1)
-        rows = np.asarray(rows, dtype=np.float64)
+        rows = np.asarray(rows)  # float32 stays float32: sums accumulate in float64 without a float64 copy
         if (np.diff(codes) < 0).any():  # class-contiguous blocks (the usual ingest order) need no sort
             order = np.argsort(codes, kind="stable")
             rows, codes = rows[order], codes[order]
         group, starts, counts = np.unique(codes, return_index=True, return_counts=True)
-        means = _segment_sums(rows, starts) / counts[:, None]
+        means = _segment_sums(rows, starts) / counts[:, None]  # float64
         n = counts.astype(np.float64)
         total = self.n[group] + n
         delta = means - self.mean[group]
         if self.second_moment:
-            deviations = rows - np.repeat(means, counts, axis=0)
-            m2 = _segment_sums(deviations * deviations, starts)
+            deviations = rows - np.repeat(means, counts, axis=0)  # float64
+            np.multiply(deviations, deviations, out=deviations)
+            m2 = _segment_sums(deviations, starts)
             self.m2[group] += m2 + delta**2 * (self.n[group] * n / total)[:, None]
         self.mean[group] += delta * (n / total)[:, None]
         self.n[group] = total
@@ -73,4 +74,4 @@ def _segment_sums(rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Sums of consecutive row segments beginning at `starts` (a slice sum each: reduceat and
     cumsum along axis 0 are ~20x slower on C-ordered rows)."""
     ends = np.append(starts[1:], len(rows))
-    return np.stack([rows[start:end].sum(axis=0) for start, end in zip(starts, ends)])
+    return np.stack([rows[start:end].sum(axis=0, dtype=np.float64) for start, end in zip(starts, ends)])

@@ -205,7 +205,8 @@ print(len(summary.mean), "units summarized")
 
 
 def commands(store: Path, work: Path, rows: int) -> list[tuple[str, str, list[str]]]:
-    """(name, kind, argv): kind is what the target is for: selection | full | check | other."""
+    """(name, kind, argv): kind says which target applies: selection (under 10 s), full (within 2x
+    of one read), pass (ratio to one read shown), check, index, baseline, other (timed only)."""
     one = f"id:{rows // 2}"
     actdb = [str(Path(sys.executable).with_name("actdb")), "--store", str(store)]
     small = ["--model", MODEL, "--layer", SMALL]
@@ -238,9 +239,9 @@ def commands(store: Path, work: Path, rows: int) -> list[tuple[str, str, list[st
         ("statistics (first --by mean)", "full", actdb + ["top-classes", *small, "--unit", "4", "--by", "mean"]),
         ("top-classes --by mean", "selection", actdb + ["top-classes", *small, "--unit", "4", "--by", "mean"]),
         ("profile", "selection", actdb + ["profile", one, *small]),
-        ("compare (cka, 5000 images)", "selection", actdb + ["compare", "--model", MODEL, "--layers",
+        ("compare (cka, 5000 images)", "other", actdb + ["compare", "--model", MODEL, "--layers",
                                                             f"{SMALL},{BIG}"]),
-        ("report all-units pass", "full", python + [REPORT_PASS, str(store), MODEL, SMALL]),
+        ("report all-units pass", "pass", python + [REPORT_PASS, str(store), MODEL, SMALL]),
         ("trajectory id:N (2 layers)", "other", actdb + ["trajectory", one, "--model", MODEL]),
     ]
 
@@ -285,6 +286,9 @@ def report(sizes: list[int], measured: list[dict]) -> None:
         if kind == "full":
             print(f"  {name} within 2x of one read ({baseline:.1f} s): {seconds / baseline:.2f}x: "
                   f"{'met' if seconds <= 2 * baseline else 'MISSED'}")
+        if kind == "pass":
+            print(f"  {name} (no target; every unit's top/bottom 16, moments, sample): {seconds / baseline:.2f}x "
+                  "one read")
     if len(sizes) == 2:
         extra = sizes[1] - sizes[0]
         print("  memory per row (growth between the sizes; the index's own is the index):")
@@ -299,7 +303,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="one size only (default: a quarter of ImageNet-train and all of it)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("ACTDB_BENCH_CACHE", "/tmp/actdb-scale")))
     options = parser.parse_args()
-    sizes = [options.rows] if options.rows else [IMAGENET_TRAIN // 4, IMAGENET_TRAIN]
+    sizes = [options.rows] if options.rows else [-(-IMAGENET_TRAIN // 4), IMAGENET_TRAIN]
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; stores under {options.cache} "
           f"(~{sum(disk_needed(n) for n in sizes) / 2**30:.0f} GiB for {', '.join(f'{n:,}' for n in sizes)} rows)")
     measured = []

@@ -178,3 +178,26 @@ def test_an_approximate_index_reports_recall_that_brute_force_confirms(tmp_path)
     truth = np.argsort(cdist(vectors[queries], vectors), axis=1)[:, :11]
     hits = [len(set(found[found["query"] == f"id:{q}"].id) & set(ids[t])) / 11 for q, t in zip(queries, truth)]
     assert np.mean(hits) >= report["recall_at_10"] - 0.1
+
+
+def test_a_query_maps_an_ivf_index_instead_of_reading_it(tmp_path):
+    """At 1.28M x 512 reading the 2.6 GB file took most of a `neighbors` call (and its memory):
+    the inverted lists are memory-mapped read-only, and answer as the file read whole does."""
+    import faiss
+
+    from actdb.knn import index as faiss_index
+    from actdb.store import derived
+    from bench_support import synthetic_store
+
+    store = synthetic_store(tmp_path, n_classes=30, per_class=60, dim=32)
+    db = actdb.open(store)
+    db.index(model="synthetic", layer="layer", kind="ivf", recall=0.9)
+    record = derived.index_record(db, db.array("synthetic", "layer"), "l2")
+    mapped = derived.open_index(db, record)
+    lists = faiss.downcast_InvertedLists(faiss.downcast_index(mapped.index).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.read_only
+    read = faiss_index.load_index(store / "indexes" / record.file)
+    faiss_index.apply_search_params(read, json.loads(record.params))
+    queries = db.activations("synthetic", "layer")[::50]
+    for a, b in zip(faiss_index.search(mapped, queries, 10, "l2"), faiss_index.search(read, queries, 10, "l2")):
+        np.testing.assert_array_equal(a, b)

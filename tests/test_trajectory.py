@@ -350,3 +350,19 @@ def test_a_stored_photo_is_more_credible_than_white_noise_on_efficientnet_lite0(
     assert photo.prediction == "tabby" and photo.credibility > white.credibility
     assert photo.credibility >= 0.9 and white.credibility <= 0.2, (photo.p_values, white.p_values)
     assert photo.nonconformity["tabby"] < min(white.nonconformity.values())
+
+
+def test_the_calibration_share_is_capped_so_imagenet_does_not_search_for_hours(store, stored, monkeypatch):
+    """10% of ImageNet would be 128,000 calibration searches per layer; the share stops at
+    MAX_CALIBRATION images (1000; 2 here), drawn with the same seed."""
+    from actdb.analytics import trajectory
+
+    monkeypatch.setattr(trajectory, "MAX_CALIBRATION", 2)
+    document = run(store, "id:1", "--model", "tiny", "-k", K)
+    rows, _ = stored
+    all_ids = rows["conv2"][0]
+    assert round(0.1 * len(all_ids)) > 2  # the share alone would hold out more
+    calibration = document["calibration"]["ids"]
+    assert len(calibration) == 2 and set(calibration) <= set(all_ids.tolist())
+    assert "capped at 2 images" in document["calibration"]["chosen"]
+    assert document["neighbour_images"] == len(all_ids) - 2

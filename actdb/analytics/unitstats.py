@@ -39,7 +39,9 @@ def compute(blocks, labels: list[str], channels: int) -> UnitStats:
     groups = GroupMoments(channels, len(labels) + 1)
     for _, codes, vectors in blocks:
         finite = selection.finite_rows(vectors)
-        groups.add(np.where(codes[finite] >= 0, codes[finite], len(labels)), vectors[finite])
+        if not finite.all():
+            codes, vectors = codes[finite], vectors[finite]
+        groups.add(np.where(codes >= 0, codes, len(labels)), vectors)
     n, mean, m2 = groups.pooled()
     if n == 0:
         raise ActdbError("no stored rows with values to compute unit statistics from; ingest images first")

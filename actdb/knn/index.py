@@ -195,12 +195,15 @@ def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
         faiss.write_index(index, str(temporary))
 
 
-def load_index(path: str | os.PathLike) -> faiss.Index:
-    """Read an index; nprobe/efSearch are stored in the file (see `apply_search_params`)."""
+def load_index(path: str | os.PathLike, mapped: bool = False) -> faiss.Index:
+    """Read an index; nprobe/efSearch are stored in the file (see `apply_search_params`).
+
+    `mapped` (IVF kinds only): memory-mapped read-only, so a query touches the lists it probes
+    instead of reading the whole file (2.6 GB for 1.28M x 512)."""
     if not Path(path).is_file():
         raise ActdbError(f"no index file at {path}; build the index first")
     try:
-        return faiss.read_index(str(path))
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mapped else 0)
     except RuntimeError as error:
         raise ActdbError(f"index file {path} is unreadable ({str(error).splitlines()[0]}); rebuild it") from error
 

@@ -213,8 +213,14 @@ def read_rows(array: zarr.Array, ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def iter_blocks(array: zarr.Array, ids: np.ndarray, rows_per_block: int = 65536):
-    """Stream (ids, float32 rows) over sorted ids, whole chunks at a time: memory stays bounded."""
+BLOCK_BYTES = 64 << 20  # a streamed block: 32,768 rows of 512 float32 values, 8,192 of 2048
+
+
+def iter_blocks(array: zarr.Array, ids: np.ndarray, rows_per_block: int | None = None):
+    """Stream (ids, float32 rows) over sorted ids, whole chunks at a time: memory stays bounded
+    (by default about BLOCK_BYTES per block, whatever the width of a row)."""
+    if rows_per_block is None:
+        rows_per_block = BLOCK_BYTES // (array.shape[1] * array.dtype.itemsize)
     span = array.chunks[0] * max(1, rows_per_block // array.chunks[0])
     for _, part in chunk_groups(np.sort(np.asarray(ids, dtype=np.int64)), span):
         yield part, read_rows(array, part)

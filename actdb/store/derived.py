@@ -199,13 +199,14 @@ def index_damage(db, record: pd.Series) -> str | None:
 
 
 def open_index(db, record: pd.Series):
-    """The index a record names, verified, with its tuned search effort."""
+    """The index a record names, verified, with its tuned search effort; read-only (IVF kinds
+    memory-mapped): writers load the file themselves."""
     from ..knn import index as faiss_index
 
     problem = index_damage(db, record)
     if problem:
         raise ActdbError(f"{problem}: run `actdb check --repair`, then `actdb index` to rebuild it")
-    index = faiss_index.load_index(db.path / INDEX_DIR / record.file)
+    index = faiss_index.load_index(db.path / INDEX_DIR / record.file, mapped=record.kind in ("ivf", "ivfpq"))
     faiss_index.apply_search_params(index, json.loads(record.params) if record.params else {})
     return index
 
