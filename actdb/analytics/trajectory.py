@@ -349,7 +349,12 @@ def _search(db, array, zarr_array, vectors, neighbours, k, metric, exact) -> tup
     reason = "exact (asked)" if exact else None
     if reason is None:
         record = derived.index_record(db, array, metric)
-        index = None if record is None or derived.index_damage(db, record) else derived.open_index(db, record)
+        index = None
+        if record is not None:
+            try:
+                index = derived.open_index(db, record)
+            except ActdbError:  # missing or changed since it was written: searched exactly instead
+                pass
         if record is None:
             reason = f"exact (no {metric} index)"
         elif index is None:
