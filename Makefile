@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench bench-scale clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]" && $(BIN)/python bench/optimize.py
 	$(BIN)/python bench/analytics.py
 	$(BIN)/python bench/report.py
+
+bench-scale: $(STAMP)  # ImageNet-size stores (~16 GiB under $$ACTDB_BENCH_CACHE or /tmp/actdb-scale), ~40 min
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) demo-store
