@@ -18,6 +18,7 @@ from ..store.derived import ALL_ROWS
 from ..store.stored_array import StoredArray
 from . import selection
 
+
 @dataclass(frozen=True)
 class UnitStats:
     members: int  # finite rows counted
