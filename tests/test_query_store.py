@@ -201,3 +201,26 @@ def test_a_query_maps_an_ivf_index_instead_of_reading_it(tmp_path):
     queries = db.activations("synthetic", "layer")[::50]
     for a, b in zip(faiss_index.search(mapped, queries, 10, "l2"), faiss_index.search(read, queries, 10, "l2")):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_the_centroids_a_build_computes_in_its_own_pass_are_numpys_class_means(tmp_path, kind):
+    """A new index feeds the class centroids from the pass that adds its rows (no second read);
+    unlabelled images belong to no class."""
+    from bench_support import synthetic_store
+
+    store = synthetic_store(tmp_path, n_classes=30, per_class=40, dim=16)
+    db = actdb.open(store)
+    with db.catalog.write() as con:
+        con.execute("UPDATE images SET label = NULL WHERE id % 7 = 3")
+    db = actdb.open(store)
+    db.index(model="synthetic", layer="layer", kind=kind, recall=0.9)
+    ids, vectors = db.activations("synthetic", "layer", return_ids=True)
+    labels = db.sql("SELECT id, label FROM images ORDER BY id").set_index("id").label.loc[ids].to_numpy(object)
+    kept = db.sql("SELECT label, members, centroid FROM class_centroids ORDER BY label")
+    labelled = np.array([label is not None and label == label for label in labels])
+    assert kept.label.tolist() == sorted(set(labels[labelled]))
+    for label, members, centroid in kept.itertuples(index=False):
+        rows = vectors[labels == label].astype(np.float64)
+        assert members == len(rows)
+        np.testing.assert_allclose(np.asarray(centroid), rows.mean(axis=0), rtol=1e-6, atol=1e-6)

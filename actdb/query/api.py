@@ -48,15 +48,19 @@ def build(db, array: StoredArray, *, metric: str = "l2", kind: str = "auto",
         existing = derived.index_record(db, array, metric)
         report = _refresh(db, existing, ids, zarr_array, metric, kind) if existing is not None and not rebuild else None
         if report is None:
-            report = _build_new(db, array, ids, zarr_array, metric, kind, recall)
-        centroids = class_ranking.class_centroids(_labelled_blocks(db, zarr_array, ids), metric)
-        _record(db, array, metric, report, centroids)
+            centroids = class_ranking.CentroidPass(metric)  # fed by the build's one pass over the rows
+            report = _build_new(db, array, ids, zarr_array, metric, kind, recall, centroids)
+        else:
+            centroids = class_ranking.CentroidPass(metric)
+            for block in _labelled_blocks(db, zarr_array, ids):
+                centroids.add(*block)
+        _record(db, array, metric, report, centroids.result())
     if report["kind"] != "flat" and not report.get("target_reached", True):
         report["warnings"].append(f"recall target {recall} not reached (best measured: {report['recall_at_10']:.3f})")
     return report
 
 
-def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
+def _build_new(db, array, ids, zarr_array, metric, kind, recall_target, centroids) -> dict:
     dim = array.channels
     chosen = faiss_index.choose_kind(len(ids), dim, memory_budget_bytes()) if kind == "auto" else kind
     note = None
@@ -65,7 +69,7 @@ def _build_new(db, array, ids, zarr_array, metric, kind, recall_target) -> dict:
                 f"(exact, instant at {len(ids)} rows) instead")
         chosen = "flat"
     index, built = faiss_index.build_index(
-        arrays.iter_blocks(zarr_array, ids), dim, metric, chosen, valid_ids=ids,
+        _feeding(db, arrays.iter_blocks(zarr_array, ids), centroids), dim, metric, chosen, valid_ids=ids,
         read_rows=lambda wanted: arrays.read_rows(zarr_array, wanted), recall_target=recall_target,
     )
     path = derived.index_file(db, array, metric)
@@ -110,6 +114,17 @@ def _read_labels_by_id(db) -> np.ndarray:
     labels = np.full(int(images.id.max()) + 1 if len(images) else 0, None, dtype=object)
     labels[images.id.to_numpy()] = images.label.to_numpy(dtype=object)
     return labels
+
+
+def _feeding(db, blocks, centroids: class_ranking.CentroidPass):
+    """The blocks, each also added to the class centroids (its labelled rows)."""
+    labels = _labels_by_id(db)
+    for ids, vectors in blocks:
+        labelled = pd.notna(labels[ids])
+        if labelled.any():
+            keep = slice(None) if labelled.all() else labelled
+            centroids.add(ids[keep], vectors[keep], labels[ids[keep]].astype(str))
+        yield ids, vectors
 
 
 def _labelled_blocks(db, zarr_array, ids):

@@ -47,20 +47,38 @@ class ClassCentroids:
 
 def class_centroids(blocks: LabelledBlocks, metric: str = "l2") -> ClassCentroids:
     """Class means of the metric's prepared rows, in one pass over `(ids, vectors, labels)` blocks."""
-    check_metric(metric)
-    code_of: dict = {}
-    moments = None
-    for _, vectors, labels in _finite_blocks(blocks):
-        rows = prepare(vectors, metric)
-        moments = moments or GroupMoments(rows.shape[1], second_moment=False)
-        present, inverse = np.unique(labels, return_inverse=True)
-        codes = np.array([code_of.setdefault(label, len(code_of)) for label in present.tolist()], np.int64)
-        moments.add(codes[inverse], rows)
-    if not code_of:  # an unlabelled store has no classes; its index still serves nearest images
-        return ClassCentroids(np.array([], dtype=object), np.zeros((0, 0)), np.zeros(0, np.int64), metric)
-    labels = sorted(code_of)
-    order = [code_of[label] for label in labels]
-    return ClassCentroids(np.array(labels), moments.mean[order], moments.n[order].astype(np.int64), metric)
+    centroids = CentroidPass(metric)
+    for ids, vectors, labels in blocks:
+        centroids.add(ids, vectors, labels)
+    return centroids.result()
+
+
+class CentroidPass:
+    """`class_centroids` fed block by block, so a pass that reads the rows anyway (an index
+    build) computes them too instead of reading every row again."""
+
+    def __init__(self, metric: str = "l2"):
+        check_metric(metric)
+        self.metric = metric
+        self.code_of: dict = {}
+        self.moments: GroupMoments | None = None
+
+    def add(self, ids, vectors, labels) -> None:
+        for _, finite_vectors, finite_labels in _finite_blocks([(ids, vectors, labels)]):
+            rows = prepare(finite_vectors, self.metric)
+            self.moments = self.moments or GroupMoments(rows.shape[1], second_moment=False)
+            present, inverse = np.unique(finite_labels, return_inverse=True)
+            codes = np.array([self.code_of.setdefault(label, len(self.code_of)) for label in present.tolist()],
+                             np.int64)
+            self.moments.add(codes[inverse], rows)
+
+    def result(self) -> ClassCentroids:
+        if not self.code_of:  # an unlabelled store has no classes; its index still serves nearest images
+            return ClassCentroids(np.array([], dtype=object), np.zeros((0, 0)), np.zeros(0, np.int64), self.metric)
+        labels = sorted(self.code_of)
+        order = [self.code_of[label] for label in labels]
+        return ClassCentroids(np.array(labels), self.moments.mean[order], self.moments.n[order].astype(np.int64),
+                              self.metric)
 
 
 def rank_classes(
