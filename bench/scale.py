@@ -308,6 +308,8 @@ def main() -> None:
                         "(plus the read baseline)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("ACTDB_BENCH_CACHE", "/tmp/actdb-scale")))
     options = parser.parse_args()
+    if options.rows is not None and options.rows < 5000:
+        parser.error(f"--rows {options.rows}: give at least 5000 (an IVF index and the commands' samples need them)")
     sizes = [options.rows] if options.rows else [-(-IMAGENET_TRAIN // 4), IMAGENET_TRAIN]
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; stores under {options.cache} "
           f"(~{sum(disk_needed(n) for n in sizes) / 2**30:.0f} GiB for {', '.join(f'{n:,}' for n in sizes)} rows)")
