@@ -148,17 +148,18 @@ def _missing_index(message: str, array: StoredArray, metric: str) -> ActdbError:
     return ActdbError(f"{message}: run {call}", f"{message}: run `{_index_hint(array, metric)}`")
 
 
-def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
+def _checked_index_row(db, array, metric: str, index: faiss.Index | None = None) -> tuple[pd.Series, list[str]]:
     """The array's index record, and a warning if rows were ingested since it was built.
 
     Refused when rows it holds are no longer stored (unmarked by `check --repair`): their
-    neighbours and the class centroids would be answers about data the store disowns."""
+    neighbours and the class centroids would be answers about data the store disowns.
+    `index`: the record's index, when the caller has opened it already."""
     row = derived.index_record(db, array, metric)
     if row is None:
         raise _missing_index(f"no {metric} index for {array.name} yet", array, metric)
     if row.get("data_version") == array.data_version:
         return row, []
-    indexed = _indexed_ids(db, row)
+    indexed = faiss.vector_to_array((index or derived.open_index(db, row)).id_map)
     stored = db.done_ids(array)
     removed = np.setdiff1d(indexed, stored).size
     if removed:
@@ -172,15 +173,14 @@ def _checked_index_row(db, array, metric: str) -> tuple[pd.Series, list[str]]:
     return row, warnings
 
 
-def _indexed_ids(db, row: pd.Series) -> np.ndarray:
-    index = derived.open_index(db, row)  # held while its id map is copied: the map lives inside it
-    return faiss.vector_to_array(index.id_map)
-
-
 def _open_index(db, array, metric: str) -> tuple[faiss.Index, list[str]]:
-    """The array's index with its tuned search effort, and a warning if it is behind."""
-    row, warnings = _checked_index_row(db, array, metric)
-    return derived.open_index(db, row), warnings
+    """The array's index with its tuned search effort (opened and verified once), and a warning
+    if it is behind."""
+    row = derived.index_record(db, array, metric)
+    if row is None:
+        raise _missing_index(f"no {metric} index for {array.name} yet", array, metric)
+    index = derived.open_index(db, row)
+    return index, _checked_index_row(db, array, metric, index)[1]
 
 
 def neighbors(db, array: StoredArray, queries: list, *, k: int = 10, where: str | None = None,
