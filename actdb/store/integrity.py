@@ -271,10 +271,9 @@ def _check_indexes(db, problems, fixes, checked) -> None:
             except RuntimeError:
                 what = ("corrupt index file", f"{path} cannot be read")
             else:
-                damage = derived.index_damage(db, recorded.loc[row.Index])
                 if n_total != row.n_rows:
                     what = ("index rows differ", f"{path} holds {n_total} rows, its catalog record {row.n_rows}")
-                elif damage:
+                elif damage := derived.index_damage(db, recorded.loc[row.Index]):
                     what = ("changed index file", damage)
         if what:
             problems.append(Problem(what[0], row.file, what[1]))
