@@ -7,6 +7,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +331,54 @@ def test_a_store_made_before_index_digests_and_float64_statistics_still_answers(
                                   "WHERE table_name IN ('indexes', 'unit_stats')")
     kinds = dict(zip(types.column_name, types.data_type))
     assert kinds["file_crc32c"] == "VARCHAR" and kinds["mean"] == "DOUBLE[]"
+
+
+def _add_rows(store, tiny_model_path, seed=5, per_class=1, layers="conv2"):
+    """Ingest per_class new images of each class into the tiny store: rows added, none removed."""
+    extra = make_imagenet_tree(store.parent / f"extra{seed}", per_class=per_class, seed=seed)
+    result = invoke("--store", store, "ingest", extra, "--model", tiny_model_path, "--preprocess", "tf",
+                    "--layers", layers, "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_classes_answer_every_call_after_an_ingest_that_adds_rows(store, tiny_model_path):
+    """The finding: `classes` read the ids of an index opened as a temporary, freed before they
+    were copied, and was refused as if rows had been removed (29 of 30 calls)."""
+    assert invoke("--store", store, "index", *ARRAY).exit_code == 0
+    ids, vectors = actdb.open(store).activations("tiny", "conv2", return_ids=True)  # what the index holds
+    labels = actdb.open(store).sql("SELECT id, label FROM images ORDER BY id").set_index("id").label.loc[ids].to_numpy()
+    _add_rows(store, tiny_model_path)
+    db = actdb.open(store)
+    query = list(ids).index(4)
+    expected = {}  # NumPy: l2 to each class centroid of the indexed rows, the query's own row left out
+    for label in np.unique(labels):
+        members = (labels == label) & (np.arange(len(ids)) != query)
+        expected[label] = np.linalg.norm(vectors[query].astype(np.float64) - vectors[members].astype(np.float64).mean(0))
+    for _ in range(30):
+        ranked = db.classes("id:4", model="tiny", layer="conv2")
+        assert ranked.attrs["warnings"] == [w for w in ranked.attrs["warnings"] if "3 rows ingested since" in w] != []
+        assert ranked["class"].tolist() == sorted(expected, key=expected.get)
+        np.testing.assert_allclose(ranked["distance"], sorted(expected.values()), rtol=1e-5)
+
+
+def test_only_the_knn_layer_reads_an_index_s_ids():
+    """Ids are copied out of an index by one helper that holds the index while it reads them."""
+    readers = [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py") if ".id_map" in path.read_text()]
+    assert readers == ["knn/index.py"]
+
+
+def test_report_image_pages_keep_their_panels_after_an_ingest_that_adds_rows(store, tiny_model_path):
+    """The finding: every image page of a report made after rows were added lost its nearest
+    images and classes to the refused `classes` call (exit 0, no word)."""
+    assert invoke("--store", store, "index", *ARRAY).exit_code == 0
+    _add_rows(store, tiny_model_path)
+    result = invoke("--store", store, "report", "--layers", "conv2", "--top", "3", "--json")
+    assert result.exit_code == 0, result.output
+    pages = sorted((store / "report" / "image").glob("*.html"))
+    assert pages
+    labels = set(actdb.open(store).labels())
+    for page in pages:
+        panel = page.read_text().split("tiny conv2 (mean)</a></h2>", 1)[1]
+        assert "Nearest stored images" in panel, page.name
+        ranked = panel.split("Nearest classes", 1)[1].split("</table>", 1)[0]
+        assert set(re.findall(r'class/(\w+)\.html', ranked)) == labels, page.name

@@ -464,7 +464,10 @@ def _recall(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) -> floa
 
 
 def indexed_ids(index) -> np.ndarray:
-    """The image ids an index holds, in the order they were added."""
+    """The image ids an index holds, in the order they were added: a copy, so they outlive the index.
+
+    The one way ids are read. `index.id_map` is a view into the index's memory that does not
+    keep the index alive: read from a temporary (`open(...).id_map`) it is freed memory."""
     return faiss.vector_to_array(index.id_map)
 
 

@@ -85,7 +85,7 @@ def _refresh(db, existing: pd.Series, ids, zarr_array, metric, kind) -> dict | N
     if kind not in ("auto", existing.kind) or derived.index_damage(db, existing):
         return None  # a missing or damaged file is rebuilt
     index = faiss_index.load_index(path)
-    indexed = faiss.vector_to_array(index.id_map)
+    indexed = faiss_index.indexed_ids(index)
     if np.setdiff1d(indexed, ids).size:
         return None  # it holds rows no longer stored: rebuilt, not patched
     new_ids = np.setdiff1d(ids, indexed)
@@ -159,7 +159,7 @@ def _checked_index_row(db, array, metric: str, index: faiss.Index | None = None)
         raise _missing_index(f"no {metric} index for {array.name} yet", array, metric)
     if row.get("data_version") == array.data_version:
         return row, []
-    indexed = faiss.vector_to_array((index or derived.open_index(db, row)).id_map)
+    indexed = faiss_index.indexed_ids(index if index is not None else derived.open_index(db, row))
     stored = db.done_ids(array)
     removed = np.setdiff1d(indexed, stored).size
     if removed:
