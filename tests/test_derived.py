@@ -382,3 +382,50 @@ def test_report_image_pages_keep_their_panels_after_an_ingest_that_adds_rows(sto
         assert "Nearest stored images" in panel, page.name
         ranked = panel.split("Nearest classes", 1)[1].split("</table>", 1)[0]
         assert set(re.findall(r'class/(\w+)\.html', ranked)) == labels, page.name
+
+
+def test_a_reingest_of_changed_files_at_the_same_ids_is_a_new_data_version(tmp_path, tiny_model_path):
+    """The finding: the data version digested the done ids only, so after `check --repair` and a
+    re-ingest of changed files at the same paths (the same ids), unit statistics and t-SNE maps
+    of the old pictures were served."""
+    tree = make_imagenet_tree(tmp_path / "train", per_class=4, seed=3)
+    store = tmp_path / "store"
+    ingest = ["--store", store, "ingest", tree, "--model", tiny_model_path, "--preprocess", "tf", "--layers",
+              "conv2", "--quiet"]
+    assert invoke(*ingest).exit_code == 0
+    db = actdb.open(store)
+    before, old_rows = db.array("tiny", "conv2"), db.activations("tiny", "conv2")
+    db.top_classes(model="tiny", layer="conv2", unit=0, by="mean")  # unit statistics kept
+    assert not db.map(model="tiny", layer="conv2", method="tsne").attrs["cached"]
+    assert db.map(model="tiny", layer="conv2", method="tsne").attrs["cached"]  # kept and served
+    chunk = next(p for p in (store / "activations.zarr" / before.zarr_path / "c").rglob("*") if p.is_file())
+    chunk.unlink()  # damage: repair unmarks its rows for the next ingest to recompute
+    assert actdb.open(store).check(repair=True)["repaired"]
+    make_imagenet_tree(tmp_path / "train", per_class=4, seed=4)  # meanwhile the files changed, same paths
+    assert invoke(*ingest).exit_code == 0
+    db = actdb.open(store)
+    after = db.array("tiny", "conv2")
+    ids, rows = db.activations("tiny", "conv2", return_ids=True)
+    assert after.rows_done == before.rows_done and not np.allclose(rows, old_rows)  # same ids, other values
+    assert after.data_version != before.data_version
+    ranked = db.top_classes(model="tiny", layer="conv2", unit=0, by="mean")
+    expected = means_by_class(db)  # NumPy on the rows as stored now
+    assert len(ranked) == 3
+    for label, score in zip(ranked["class"], ranked["score"]):
+        assert score == pytest.approx(expected[label][0], rel=1e-5)
+    result = invoke("--store", store, "map", "--model", "tiny", "--layer", "conv2", "--method", "tsne")
+    assert result.exit_code == 0 and "fitted" in result.output and "cache" not in result.output, result.output
+
+
+def test_an_array_made_before_chunk_digests_still_has_a_version_of_its_ids(store):
+    db = actdb.open(store)
+    with_digests = db.array("tiny", "conv2").data_version
+    with db.catalog.write() as con:
+        con.execute("DROP TABLE chunk_digests")
+    legacy = actdb.open(store).array("tiny", "conv2")
+    assert legacy.data_version != with_digests and len(legacy.data_version) == 16
+    ranked = actdb.open(store).top_classes(model="tiny", layer="conv2", unit=0, by="mean")
+    assert len(ranked) == 3  # statistics kept at that version
+    with db.catalog.write() as con:
+        con.execute("DELETE FROM done WHERE array_id = ? AND image_id = 0", [legacy.id])
+    assert actdb.open(store).array("tiny", "conv2").data_version != legacy.data_version

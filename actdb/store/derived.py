@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS unit_stats (
     mean DOUBLE[] NOT NULL,        -- per channel
     std DOUBLE[] NOT NULL,         -- per channel, population (ddof 0)
     rows_done BIGINT NOT NULL,     -- done rows of the array when computed
-    data_version VARCHAR NOT NULL, -- the array's data version (digest of its done ids) when computed: else stale
+    data_version VARCHAR NOT NULL, -- the array's data version (its done ids and values) when computed: else stale
     computed_at TIMESTAMP DEFAULT current_timestamp,
     PRIMARY KEY (array_id, class)
 );

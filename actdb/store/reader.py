@@ -18,15 +18,26 @@ from .catalog import Catalog
 from .stored_array import StoredArray
 
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+# An array's data version: a digest of its done ids and of the digests of its committed chunks
+# (arrays.rows_digest: the done rows' ids and stored values, recorded in the transaction that
+# marks them done). Any change of stored values changes it, so every derived artifact keyed by
+# it (index records, unit statistics, maps, report pages) is recomputed, not served: a re-ingest
+# of changed files at the same ids too. Arrays made before chunk digests get one of their ids alone.
 ARRAYS_QUERY = """
 WITH marked AS (SELECT array_id, count(*) AS n,
                        printf('%d.%d.%s', count(*), bit_xor(hash(image_id)), sum(hash(image_id))::VARCHAR) AS ids
-                FROM done GROUP BY array_id)
+                FROM done GROUP BY array_id),
+     digested AS ({digests})
 SELECT a.id, m.name AS model, m.weights, m.weights_digest, a.layer, a.reduce, a.channels, a.dtype, a.precision,
-       a.resize, a.zarr_path, coalesce(marked.n, 0) AS rows_done, left(md5(coalesce(marked.ids, '0')), 16) AS data_version,
+       a.resize, a.zarr_path, coalesce(marked.n, 0) AS rows_done,
+       left(md5(coalesce(marked.ids, '0') || coalesce('/' || digested.chunks, '')), 16) AS data_version,
        m.id AS model_id, m.preprocess, m.input_size, m.model_path, m.weights_path
-FROM arrays a JOIN models m ON m.id = a.model_id LEFT JOIN marked ON marked.array_id = a.id ORDER BY a.id
+FROM arrays a JOIN models m ON m.id = a.model_id LEFT JOIN marked ON marked.array_id = a.id
+     LEFT JOIN digested ON digested.array_id = a.id ORDER BY a.id
 """
+CHUNK_DIGESTS = ("SELECT array_id, string_agg(chunk::VARCHAR || ':' || digest, ',' ORDER BY chunk) AS chunks "
+                 "FROM chunk_digests GROUP BY array_id")
+NO_CHUNK_DIGESTS = "SELECT NULL::INTEGER AS array_id, NULL::VARCHAR AS chunks WHERE false"  # a store made before them
 
 
 def store_path(path: str | Path | None) -> Path:
@@ -101,7 +112,8 @@ class Store:
         return list(self.memoized("arrays", self._read_arrays))
 
     def _read_arrays(self) -> tuple[StoredArray, ...]:
-        frame = self.sql(ARRAYS_QUERY)
+        digests = CHUNK_DIGESTS if self.has_table("chunk_digests") else NO_CHUNK_DIGESTS
+        frame = self.sql(ARRAYS_QUERY.format(digests=digests))
         return tuple(StoredArray(**{k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v)
                                     for k, v in row.items()}) for row in frame.to_dict("records"))
 

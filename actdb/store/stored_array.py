@@ -26,7 +26,7 @@ class StoredArray:
     resize: str  # center-crop | squash
     zarr_path: str  # inside activations.zarr
     rows_done: int
-    data_version: str  # a digest of the done row ids: changes whenever rows are marked done or unmarked
+    data_version: str  # a digest of the done ids and their chunks' digests: changes with any stored value
     model_id: int
     preprocess: str
     input_size: int
