@@ -1,6 +1,8 @@
 """Ingest end to end, checked against a direct Keras forward pass and NumPy."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -230,3 +232,85 @@ def test_store_is_readable_without_actdb(tmp_path, imagenet_tree, tiny_model_pat
     con.close()
     plain = zarr.open_array(str(store / "activations.zarr" / zarr_path), mode="r")[:]
     np.testing.assert_array_equal(plain, actdb.open(store).activations("tiny", "conv2"))
+
+
+# -- a known file that changed: one id, one picture ----------------------------------------------
+
+def _ingest(store, source, model, layers, *extra):
+    return ["--store", store, "ingest", source, "--model", model, "--preprocess", "tf", "--layers", layers, *extra]
+
+
+def test_a_changed_file_is_stored_as_its_new_picture_and_its_old_rows_are_unmarked(tmp_path, imagenet_tree,
+                                                                                   tiny_model_path, run_cli):
+    """The finding: a file replaced after its ingest got a new layer's row of the new picture while
+    the old layers kept the old one (`trajectory id:3` mixed a palace and a cat)."""
+    store = tmp_path / "store"
+    assert run_cli(*_ingest(store, imagenet_tree, tiny_model_path, "conv1,conv2", "--predictions", "-q")).exit_code == 0
+    assert run_cli("--store", store, "index", "--model", "tiny", "--layer", "conv2").exit_code == 0
+    db = actdb.open(store)
+    path = db.sql("SELECT path FROM images WHERE id = 3").path[0]
+    old_version = db.array("tiny", "conv2").data_version
+    write_image(Path(path), np.random.default_rng(99))  # replaced in place: the same path, another picture
+    result = run_cli(*_ingest(store, imagenet_tree, tiny_model_path, "fc,conv1"))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "1 known file changed" in warnings[0] and path in warnings[0], result.stderr
+    assert "tiny/conv1 (mean), tiny/conv2 (mean)" in warnings[0]
+    refill = warnings[0].split("refill them with `", 1)[1].split("`", 1)[0]
+    db = actdb.open(store)
+    assert not db.sql("SELECT count(*) AS n FROM done WHERE image_id = 3 AND array_id IN (SELECT id FROM arrays "
+                      "WHERE layer IN ('conv1', 'conv2'))").n[0]  # the old picture's rows are gone
+    assert db.sql("SELECT count(*) AS n FROM predictions WHERE image_id = 3").n[0] == 0
+    assert db.sql("SELECT count(*) AS n FROM indexes").n[0] == 0 and not list((store / "indexes").glob("*.faiss"))
+    assert db.array("tiny", "conv2").data_version != old_version
+    assert db.check()["ok"]  # the chunk digests were re-recorded over the rows still stored
+    np.testing.assert_allclose(db.activations("tiny", "fc", ids=[3]), direct_forward(tiny_model_path, [path], "fc", "mean"),
+                               rtol=1e-5, atol=1e-5)
+    args = refill.split()[1:]
+    assert args[:2] == ["ingest", str(imagenet_tree)]
+    result = run_cli("--store", store, *args, "--quiet")  # the command the warning gives
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    db = actdb.open(store)
+    images = db.images().set_index("id")
+    for layer in ("conv1", "conv2", "fc"):  # every layer is of the file as it is now
+        ids, stored = db.activations("tiny", layer, return_ids=True)
+        assert len(ids) == 12
+        np.testing.assert_allclose(stored, direct_forward(tiny_model_path, images.loc[ids, "path"], layer, "mean"),
+                                   rtol=1e-5, atol=1e-5)
+    assert db.check()["ok"]
+
+
+def test_a_changed_file_in_a_run_that_also_adds_rows_to_its_chunk(tmp_path, imagenet_tree, tiny_model_path):
+    """Several commits into one chunk after a changed file's row there was unmarked: each keeps the
+    rows still committed and is checked against the digest recorded then."""
+    store = tmp_path / "store"
+    db = actdb.open(store, create=True)
+    db.ingest(imagenet_tree, model=str(tiny_model_path), preprocess="tf", layers="conv2", per_class=2)
+    path = db.sql("SELECT path FROM images WHERE id = 1").path[0]
+    write_image(Path(path), np.random.default_rng(98))
+    summary = db.ingest(imagenet_tree, model=str(tiny_model_path), preprocess="tf", layers="conv2,fc",
+                        batch_size=2, commit_seconds=0)
+    assert len(summary.warnings) == 1 and path in summary.warnings[0] and "tiny/conv2 (mean)" in summary.warnings[0]
+    assert db.check()["ok"]
+    assert sorted(db.done_ids(db.array("tiny", "conv2")).tolist()) == [i for i in range(12) if i != 1]
+    db.ingest(imagenet_tree, model=str(tiny_model_path), preprocess="tf", layers="conv2")
+    ids, stored = db.activations("tiny", "conv2", return_ids=True)
+    expected = direct_forward(tiny_model_path, db.images().set_index("id").loc[ids, "path"], "conv2", "mean")
+    np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_content_hashes_of_different_algorithms_cannot_be_compared(tmp_path, imagenet_tree, tiny_model_path):
+    from actdb.ingest.writer import same_content
+
+    assert same_content("00ff", "00ff") is True and same_content("00ff", "00fe") is False
+    assert same_content("blake2b:ab", "blake2b:ab") is True and same_content("blake2b:ab", "blake2b:cd") is False
+    assert same_content("00ff", "blake2b:ab") is None and same_content(None, "00ff") is None
+    store = tmp_path / "store"
+    db = actdb.open(store, create=True)
+    db.ingest(imagenet_tree, model=str(tiny_model_path), preprocess="tf", layers="conv2", per_class=1)
+    with db.catalog.write() as con:  # recorded by another algorithm: kept, no warning
+        con.execute("UPDATE images SET content_hash = 'blake2b:0123' WHERE id = 0")
+    summary = db.ingest(imagenet_tree, model=str(tiny_model_path), preprocess="tf", layers="conv2,fc", per_class=1)
+    assert summary.warnings == []
+    assert db.sql("SELECT content_hash FROM images WHERE id = 0").content_hash[0] == "blake2b:0123"
+    assert len(db.done_ids(db.array("tiny", "conv2"))) == 3

@@ -54,6 +54,7 @@ class IngestSummary:
     engine: str = "local"
     startup_seconds: float = 0.0  # ray: from submitting the work to the first worker ready (model loaded)
     workers: list[dict] = field(default_factory=list)  # ray: per worker images, busy seconds, images/s
+    warnings: list[str] = field(default_factory=list)  # e.g. files that changed since they were ingested
 
     @property
     def images_per_s(self) -> float:
@@ -75,6 +76,7 @@ class Plan:
     targets: list[writer.ArrayTarget]
     options: IngestOptions
     batch_size: int
+    changed: writer.ChangedFiles = field(default_factory=writer.ChangedFiles)  # filled by the commits
 
     @property
     def skipped(self) -> int:

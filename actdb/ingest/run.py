@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import models
+from .. import models, weightspec
 from ..choices import DTYPES, ENGINES, REDUCTIONS, RESIZE_MODES, check_choice
 from ..errors import ActdbError, Terminated
 from ..models import forward, load_model, weights_digest
@@ -76,10 +76,45 @@ def ingest(store: str | Path, source: str | Path, options: IngestOptions, progre
         del path_of
         with _sigterm_as_interrupt():
             summary = engine.run(plan, loaded, extractor, progress)
+        summary.warnings += changed_files_warning(catalog, source, plan.changed)
     if summary.ingested == 0 and summary.skipped == 0:
         raise ActdbError(f"none of the {summary.listed} listed images could be ingested ({_an_error(catalog)}); "
                          "see `actdb sql \"SELECT path, reason FROM errors\"`")
     return summary
+
+
+def changed_files_warning(catalog: Catalog, source, changed: writer.ChangedFiles) -> list[str]:
+    """One line for the run: which known files changed (the first few and a count), and which
+    arrays lost the old picture's rows, with the ingest that refills them."""
+    if not changed.paths:
+        return []
+    paths = [changed.paths[i] for i in sorted(changed.paths)]
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    text = (f"{len(paths)} known file{'s' if len(paths) > 1 else ''} changed since first ingested (content hash "
+            f"differs): {shown}; the rows written now are of the file as it is")
+    if not changed.unmarked:
+        return [text]
+    with catalog.read() as con:
+        rows = con.execute(
+            "SELECT a.id, m.name, m.weights, m.model_path, m.weights_path, m.preprocess, a.layer, a.reduce, a.dtype, "
+            "a.precision, a.resize FROM arrays a JOIN models m ON m.id = a.model_id "
+            "WHERE a.id IN (SELECT unnest(?::INTEGER[])) ORDER BY a.id", [sorted(changed.unmarked)]).fetchall()
+    groups: dict[tuple, list[str]] = {}
+    for _, name, weights, model_path, weights_path, preprocess, layer, reduce, dtype, precision, resize in rows:
+        if model_path:
+            model = f"--model {model_path} --preprocess {preprocess}"
+        else:
+            given = weights_path if weights.startswith(weightspec.FILE_PREFIX) else weightspec.given(weights)
+            model = f"--model {name}" + ("" if weights == weightspec.IMAGENET else f" --weights {given}")
+        options = "".join(f" --{option} {value}" for option, value, default in (
+            ("reduce", reduce, "mean"), ("dtype", dtype, "float32"), ("precision", precision, "float32"),
+            ("resize", resize, "center-crop")) if value != default)
+        groups.setdefault((model, options), []).append(layer)
+    arrays_text = ", ".join(f"{name}/{layer} ({reduce})" for _, name, _, _, _, _, layer, reduce, *_ in rows)
+    commands = "; ".join(f"`actdb ingest {source} {model} --layers {','.join(layers)}{options}`"
+                         for (model, options), layers in groups.items())
+    return [f"{text}; the old pictures' rows were unmarked in {arrays_text} (and those arrays' indexes dropped): "
+            f"refill them with {commands}"]
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..store import arrays
 from ..store.catalog import CHUNK_DIGESTS_TABLE, Catalog
+from ..store.integrity import unmark_rows
 from .sources import ImageRecord
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -111,6 +112,39 @@ def digests_frame(array_id: int, written: dict) -> pd.DataFrame:
                          "rows": [n for _, n in written.values()], "digest": [d for d, _ in written.values()]})
 
 
+FARMHASH64 = "farmhash64"  # tf.fingerprint: content hashes recorded without an algorithm prefix
+
+
+def hash_algorithm(content_hash: str) -> str:
+    """`blake2b` of `blake2b:<hex>`; a value without a prefix is FarmHash64, as recorded before prefixes."""
+    name, prefixed, _ = content_hash.partition(":")
+    return name if prefixed else FARMHASH64
+
+
+def same_content(recorded: str | None, computed: str | None) -> bool | None:
+    """Whether a file's content hash now is the one recorded when it was first ingested; None
+    where they cannot be compared (either is missing, or they come from different algorithms:
+    then the recorded one is kept)."""
+    if recorded is None or computed is None or hash_algorithm(recorded) != hash_algorithm(computed):
+        return None
+    return recorded == computed
+
+
+@dataclass
+class ChangedFiles:
+    """Known images whose file changed since it was first ingested (its content hash differs).
+    Policy: the file at the path is the image. Its new rows are stored, and in the same
+    transaction its rows of the old picture are unmarked in every other array (chunk digests
+    re-recorded, those arrays' indexes dropped) and its predictions deleted, so no id ever
+    stands for two pictures; the run's warning names the files and the arrays to refill."""
+
+    paths: dict = field(default_factory=dict)  # image id -> path
+    unmarked: dict = field(default_factory=dict)  # array id -> set of image ids unmarked
+
+    def unmarked_ids(self, array_id: int) -> np.ndarray:
+        return np.array(sorted(self.unmarked.get(array_id, ())), dtype=np.int64)
+
+
 @dataclass
 class Batch:
     ids: np.ndarray
@@ -130,8 +164,10 @@ class StoreWriter:
     """A background thread so that the model never waits on disk or on the catalog."""
 
     def __init__(self, catalog: Catalog, run_id: int, targets: list[ArrayTarget], model_id: int,
-                 predictions: bool, commit_seconds: float = 5.0, max_pending_bytes: int = 256 << 20):
+                 predictions: bool, commit_seconds: float = 5.0, max_pending_bytes: int = 256 << 20,
+                 changed: ChangedFiles | None = None):
         self.catalog = catalog
+        self.changed = changed if changed is not None else ChangedFiles()
         self.run_id = run_id
         self.targets = targets
         self.model_id = model_id
@@ -224,12 +260,24 @@ class StoreWriter:
             committed.append((target, ids, written))
             target.missing[ids] = False
         image_failures = record(self.catalog, self.run_id, self.model_id, done, self._images, self._predictions,
-                                self._errors, digests)
+                                self._errors, digests, self.changed)
         for target, ids, written in committed:  # what the next write into these chunks keeps
             target.committed[ids] = True
             target.digests.update((chunk, digest) for chunk, (digest, _) in written.items())
+        self._forget_unmarked()
         self.failed += image_failures
         self._reset_pending()
+
+    def _forget_unmarked(self) -> None:
+        """Rows of changed files unmarked in this run's own arrays: the next write into their
+        chunks keeps the rows still committed, checked against the digests recorded now."""
+        for target in self.targets:
+            lost = self.changed.unmarked_ids(target.array_id)
+            if len(lost) and target.committed[lost].any():
+                target.committed[lost] = False
+                with self.catalog.read() as con:
+                    target.digests = dict(con.execute("SELECT chunk, digest FROM chunk_digests WHERE array_id = ?",
+                                                      [target.array_id]).fetchall())
 
     def _drop_overflow(self, target: ArrayTarget, ids: np.ndarray, rows: np.ndarray):
         ids, rows, errors = drop_overflow(target.layer, target.zarr_array.dtype, ids, rows)
@@ -266,10 +314,12 @@ def predictions_frame(batch: Batch) -> pd.DataFrame:
 
 def record(catalog: Catalog, run_id: int, model_id: int, done: list[pd.DataFrame], images: list[pd.DataFrame],
            predictions: list[pd.DataFrame], errors: list[tuple[int, str | None, str]],
-           digests: list[pd.DataFrame] = ()) -> int:
+           digests: list[pd.DataFrame] = (), changed: ChangedFiles | None = None) -> int:
     """One catalog transaction for rows whose chunks are already written: done marks and the
-    digests of their chunks, image metadata, predictions, errors, run counters. Returns how
-    many images failed."""
+    digests of their chunks, image metadata, predictions, errors, run counters; and for a known
+    image whose file changed, its rows of the old picture unmarked (see `ChangedFiles`, which
+    collects them). Returns how many images failed."""
+    stale_indexes = []
     with catalog.write() as con:
         if done:
             con.register("new_done", pd.concat(done))
@@ -280,9 +330,13 @@ def record(catalog: Catalog, run_id: int, model_id: int, done: list[pd.DataFrame
                            ON CONFLICT (array_id, chunk) DO UPDATE SET rows = excluded.rows, digest = excluded.digest""")
         if images:
             con.register("decoded", pd.concat(images))
+            replaced = _changed_images(con, pd.concat(done) if done else None)
+            stale_indexes = _unmark_old_pictures(con, catalog.store, replaced, changed)
             con.execute(
                 """UPDATE images SET content_hash = d.content_hash, width = d.width, height = d.height
-                   FROM decoded d WHERE images.id = d.id AND images.content_hash IS NULL"""
+                   FROM decoded d WHERE images.id = d.id AND (images.content_hash IS NULL
+                                                              OR images.id IN (SELECT unnest(?::BIGINT[])))""",
+                [sorted(replaced)],
             )
         if predictions:
             con.register("new_predictions", pd.concat(predictions))
@@ -303,7 +357,45 @@ def record(catalog: Catalog, run_id: int, model_id: int, done: list[pd.DataFrame
             "UPDATE runs SET ingested = ingested + ?, failed = failed + ? WHERE id = ?",
             [decoded, image_failures, run_id],
         )
+    for path in stale_indexes:  # their records went with the commit
+        Path(path).unlink(missing_ok=True)
     return image_failures
+
+
+def _changed_images(con, written: pd.DataFrame | None) -> dict[int, tuple[str, pd.DataFrame]]:
+    """Decoded images that were known with another content hash: id -> (path, the arrays whose
+    row this transaction wrote, which are of the new picture)."""
+    known = con.execute("""SELECT i.id, i.path, i.content_hash AS recorded, d.content_hash AS computed
+                           FROM decoded d JOIN images i ON i.id = d.id
+                           WHERE i.content_hash IS NOT NULL AND i.content_hash <> d.content_hash""").fetchall()
+    changed = {}
+    for image_id, path, recorded, computed in known:
+        if same_content(recorded, computed) is False:
+            rows = written[written.image_id == image_id] if written is not None else None
+            changed[int(image_id)] = (path, set() if rows is None else set(rows.array_id.astype(int).tolist()))
+    return changed
+
+
+def _unmark_old_pictures(con, store: Path, changed: dict, collected: ChangedFiles | None) -> list[Path]:
+    """Every row of a changed image that this transaction did not write is of the old picture:
+    unmarked, array by array; its predictions (of every model) are of the old picture too."""
+    if not changed:
+        return []
+    old = con.execute("SELECT array_id, image_id FROM done WHERE image_id IN (SELECT unnest(?::BIGINT[]))",
+                      [sorted(changed)]).fetchall()
+    by_array: dict[int, list[int]] = {}
+    for array_id, image_id in old:
+        if int(array_id) not in changed[int(image_id)][1]:
+            by_array.setdefault(int(array_id), []).append(int(image_id))
+    files = []
+    for array_id, ids in sorted(by_array.items()):
+        files += unmark_rows(con, store, array_id, np.array(ids, np.int64))
+    con.execute("DELETE FROM predictions WHERE image_id IN (SELECT unnest(?::BIGINT[]))", [sorted(changed)])
+    if collected is not None:
+        collected.paths.update((image_id, path) for image_id, (path, _) in changed.items())
+        for array_id, ids in by_array.items():
+            collected.unmarked.setdefault(array_id, set()).update(ids)
+    return files
 
 
 def failure_reason(path: str) -> str:

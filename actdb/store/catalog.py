@@ -24,7 +24,8 @@ CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE images (
     id BIGINT PRIMARY KEY,
     path VARCHAR NOT NULL UNIQUE,
-    content_hash VARCHAR,          -- FarmHash64 fingerprint of the file bytes, set when first decoded
+    content_hash VARCHAR,          -- of the file bytes when first decoded (FarmHash64; ALGO:HEX with a prefix); a
+                                   -- file that changed is re-ingested (ingest/writer.py ChangedFiles)
     wnid VARCHAR,
     class_index SMALLINT,          -- ImageNet-1k index, sorted-wnid order
     label VARCHAR,

@@ -324,6 +324,45 @@ def _apply(db, fixes: _Fixes) -> list[str]:
     return done
 
 
+def unmark_rows(con, store: Path, array_id: int, ids: np.ndarray) -> list[Path]:
+    """In the caller's catalog transaction: rows `ids` of one array stop being stored, as repair
+    unmarks them. Each touched chunk's digest is re-recorded over the rows it still holds, once
+    the recorded one is seen to hold (a chunk that no longer matches keeps it, for `check` to
+    name), and the array's indexes and class centroids, which hold those rows, are dropped.
+    Returns the index files to delete once the transaction has committed."""
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    zarr_path = con.execute("SELECT zarr_path FROM arrays WHERE id = ?", [array_id]).fetchone()[0]
+    zarr_array = arrays.open_array(store, zarr_path)
+    span = zarr_array.chunks[0]
+    for chunk in np.unique(ids // span).tolist():
+        start, stop = chunk * span, min((chunk + 1) * span, zarr_array.shape[0])
+        done = con.execute("SELECT image_id FROM done WHERE array_id = ? AND image_id >= ? AND image_id < ? "
+                           "ORDER BY image_id", [array_id, start, stop]).fetchnumpy()["image_id"].astype(np.int64)
+        recorded = con.execute("SELECT digest FROM chunk_digests WHERE array_id = ? AND chunk = ?",
+                               [array_id, chunk]).fetchone()
+        kept = done[~np.isin(done, ids)]
+        if recorded is None or not len(done):
+            continue  # an array made before digests, or nothing of this chunk stored
+        try:
+            block = arrays.read_done_chunk(zarr_array, start, int(done[-1]) + 1)
+        except arrays.DamagedChunk:
+            continue
+        if arrays.rows_digest(done, block[done - start]) != recorded[0]:
+            continue
+        con.execute("DELETE FROM chunk_digests WHERE array_id = ? AND chunk = ?", [array_id, chunk])
+        if len(kept):
+            con.execute("INSERT INTO chunk_digests VALUES (?, ?, ?, ?)",
+                        [array_id, chunk, len(kept), arrays.rows_digest(kept, block[kept - start])])
+    con.execute("DELETE FROM done WHERE array_id = ? AND image_id IN (SELECT unnest(?::BIGINT[]))",
+                [array_id, ids.tolist()])
+    files = []
+    if "indexes" in table_names(con):
+        for metric, file in con.execute("SELECT metric, file FROM indexes WHERE array_id = ?", [array_id]).fetchall():
+            derived.drop_index(con, array_id, metric)
+            files.append(Path(store) / INDEX_DIR / file)
+    return files
+
+
 def _add_checksums(db, array: StoredArray) -> str:
     """Rewrite an array made before checksums into a new one with the crc32c codec, and switch
     the catalog to it in the transaction that records its chunks' digests: a kill before the

@@ -33,7 +33,8 @@ class LocalEngine:
         dataset = pipeline.image_dataset(todo, todo_paths, extractor.input_size, plan.options.resize,
                                          extractor.batch_size)
         store_writer = writer.StoreWriter(plan.catalog, plan.run_id, plan.targets, plan.model_id,
-                                          plan.options.predictions, commit_seconds=plan.options.commit_seconds)
+                                          plan.options.predictions, commit_seconds=plan.options.commit_seconds,
+                                          changed=plan.changed)
 
         def body(advance):
             expected = 0  # position in todo: ids that never came out of the pipeline failed to decode

@@ -295,7 +295,8 @@ class _Committer:
         if not (self._images or self._errors):
             return
         self.failed += writer.record(self.plan.catalog, self.plan.run_id, self.plan.model_id, self._done,
-                                     self._images, self._predictions, self._errors, self._digests)
+                                     self._images, self._predictions, self._errors, self._digests,
+                                     self.plan.changed)
         self.ingested += sum(len(f) for f in self._images)
         self._reset()
 
