@@ -271,6 +271,10 @@ class Database(Store):
         if sheet:
             from . import figures
             from .optimize.sheet import contact_sheet
+            from .resolve import optimized_png
+
+            for name in frame.name:  # damaged pixels are never drawn
+                optimized_png(self, name)
 
             figures.save(contact_sheet(frame, self.path, title=title), sheet, "sheet", dpi=100)
         return frame

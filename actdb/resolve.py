@@ -7,6 +7,7 @@ or a `.npy` vector.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -162,8 +163,22 @@ def optimized_name(db, text: str) -> str:
 
 def optimized_image_file(db, text: str) -> Path:
     """The PNG of `optimized:NAME`, for commands that read pixels (predict)."""
-    name = optimized_name(db, text)
-    return db.path / db.sql("SELECT png FROM optimized_images WHERE name = ?", [name]).png[0]
+    return optimized_png(db, optimized_name(db, text))
+
+
+def optimized_png(db, name: str, recorded: tuple[str, str] | None = None) -> Path:
+    """The PNG of an optimized image, for every reader of its pixels: the file its row was
+    committed with (sha256), else refused in one line with the fix, so damaged pixels are
+    never classified, embedded or shown. `recorded`: its row's (png, png_sha256), when read."""
+    if recorded is None:
+        row = db.sql("SELECT png, png_sha256 FROM optimized_images WHERE name = ?", [name])
+        recorded = (row.png[0], row.png_sha256[0])
+    path = db.path / recorded[0]
+    damage = derived.png_damage(path, recorded[1])
+    if damage:
+        raise ActdbError(f"optimized:{name}: its PNG {path} {damage}, so its pixels are not used: `actdb check` "
+                         "names every damaged image; run the same `actdb optimize` again to remake it")
+    return path
 
 
 def optimized_vectors(db, array: StoredArray, names: list[str]) -> np.ndarray:
@@ -173,9 +188,10 @@ def optimized_vectors(db, array: StoredArray, names: list[str]) -> np.ndarray:
     found = derived.optimized_vectors(db, array, names)
     missing = [n for n in names if n not in found]
     if missing:
-        pngs = db.sql("SELECT name, png FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))", [missing])
-        png_of = dict(zip(pngs.name, pngs.png))
-        computed = file_vectors(db, array, [str(db.path / png_of[n]) for n in missing])
+        pngs = db.sql("SELECT name, png, png_sha256 FROM optimized_images WHERE name IN (SELECT unnest(?::VARCHAR[]))",
+                      [missing])
+        recorded = {name: (png, sha256) for name, png, sha256 in zip(pngs.name, pngs.png, pngs.png_sha256)}
+        computed = file_vectors(db, array, [str(optimized_png(db, n, recorded[n])) for n in missing])
         found.update(zip(missing, computed))
     return np.stack([np.asarray(found[n], np.float32) for n in names])
 
@@ -186,8 +202,13 @@ def optimized_vectors_in_every_array(db, names: list[str] | None = None) -> None
     here is computed when queried instead."""
     if not db.arrays() or not db.has_table("optimized_images"):
         return
-    pngs = db.sql("SELECT name, png FROM optimized_images" + ("" if names is None else
+    pngs = db.sql("SELECT name, png, png_sha256 FROM optimized_images" + ("" if names is None else
                   " WHERE name IN (SELECT unnest(?::VARCHAR[]))"), None if names is None else [names])
+    intact = {}
+    for name, png, sha256 in zip(pngs.name, pngs.png, pngs.png_sha256):
+        with contextlib.suppress(ActdbError):  # a damaged one is named by `check`, never embedded
+            intact[name] = str(optimized_png(db, name, (png, sha256)))
+    pngs = pngs[pngs.name.isin(intact)]
     have = derived.kept_optimized_vectors(db)
     groups: dict[tuple, list[StoredArray]] = {}
     for array in db.arrays():
@@ -198,7 +219,7 @@ def optimized_vectors_in_every_array(db, names: list[str] | None = None) -> None
             continue
         try:
             computed = _files_through_layers(db, group[0], [a.layer for a in group],
-                                             [str(db.path / png) for png in lacking.png])
+                                             [intact[name] for name in lacking.name])
         except ActdbError:
             continue
         derived.keep_optimized_vectors(db, [(name, a.id, vector) for a in group

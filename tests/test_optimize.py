@@ -429,3 +429,30 @@ def test_two_runs_with_one_name_cannot_both_succeed(store, run_cli, tiny_model_p
     again = run_cli(*optimize_args(store, tiny_model_path, "n", "--units", "2"))
     assert again.exit_code == 1 and "exists with other parameters" in again.output
     assert actdb.open(store).sql("SELECT unit FROM optimized_images WHERE name = 'n'").unit.tolist() == [1]
+
+
+def test_a_damaged_png_is_never_classified_embedded_or_shown(store, run_cli, tiny_model_path, tmp_path):
+    """The finding: `check` named a PNG whose sha256 no longer matched, but `predict` classified
+    its pixels and the report made its thumbnail from them. Here the PNG is replaced by another
+    valid picture: only the recorded sha256 can tell."""
+    assert run_cli(*optimize_args(store, tiny_model_path, "n")).exit_code == 0
+    png, good = stored_png(store, "n"), stored_png(store, "n").read_bytes()
+    Image.fromarray(np.full((TINY_SIZE, TINY_SIZE, 3), 200, np.uint8)).save(png)
+    assert [p["problem"] for p in actdb.open(store).check()["problems"]] == ["damaged optimized image"]
+    predicted = run_cli("--store", store, "predict", "optimized:n", "--models", "efficientnet_lite0")
+    one_line_error(predicted, "optimized:n", "sha256 differs", "actdb check", "actdb optimize")
+    with pytest.raises(actdb.ActdbError, match="sha256 differs"):
+        actdb.open(store).optimized(["n"], sheet=tmp_path / "sheet.png")
+    with actdb.open(store).catalog.write() as con:  # a vector computed from the PNG, not the kept one
+        con.execute("DELETE FROM optimized_vectors")
+    classes = run_cli("--store", store, "classes", "optimized:n", "--model", "tiny", "--layer", "conv2", "--by", "mean")
+    one_line_error(classes, "optimized:n", "sha256 differs")
+    report = run_cli("--store", store, "report", "--layers", "conv2", "--top", 3, "--json")
+    assert report.exit_code == 0, report.output
+    notes = json.loads(report.stdout)["notes"]
+    assert any("optimized:n" in note and "sha256 differs" in note for note in notes), notes
+    assert not (store / "report" / "thumbs" / f"{committed(store, 'n').png_sha256[:24]}.jpg").exists()
+    page = next((store / "report").rglob("optimized/n.html")).read_text()
+    assert "thumbs/" not in page.split("</div></div>", 1)[0]  # the hero shows no picture
+    png.write_bytes(good)  # restored: answered again, from the committed pixels
+    assert run_cli("--store", store, "predict", "optimized:n", "--models", "efficientnet_lite0").exit_code == 0

@@ -286,10 +286,7 @@ def _kept(store: Path, plans: list[Plan], overwrite: bool, digest: str) -> dict[
 
 
 def png_intact(path: Path, sha256: str) -> bool:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
-    except OSError:
-        return False
+    return derived.png_damage(path, sha256) is None
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..analytics import unit_summary, unitstats
-from ..resolve import resolve
+from ..errors import ActdbError
+from ..resolve import optimized_png, resolve
 from ..store.stored_array import StoredArray
 from . import charts
 from .site import Site, key_of, slug
@@ -75,7 +76,7 @@ def build(db, layers: list[tuple[StoredArray, list[int]]], out: Path, queries: Q
     site = Site(out)
     site.static()
     optimized = _optimized(db)
-    images = _ImageIndex(db, optimized)
+    images = _ImageIndex(db, optimized, site.notes)
     thumbs = Thumbnails(site, images.sources)
     chosen = [Layer(array, units, folders[array.id],
                     key_of("layer", array.id, array.data_version, units, top, _optimized_key(optimized, array)))
@@ -105,11 +106,25 @@ def build(db, layers: list[tuple[StoredArray, list[int]]], out: Path, queries: Q
 class _ImageIndex:
     """Label, path and content digest of the images pages show (fetched by id, not all at once)."""
 
-    def __init__(self, db, optimized: pd.DataFrame):
+    def __init__(self, db, optimized: pd.DataFrame, notes: list[str]):
         self.db = db
         self.rows: dict[int, dict] = {}
         self.sources = _Sources(self)
-        self.optimized = {row.name: (Path(db.path) / row.png, row.png_sha256) for row in optimized.itertuples()}
+        self.recorded = {row.name: (row.png, row.png_sha256) for row in optimized.itertuples()}
+        self.optimized: dict[str, tuple[Path | None, str]] = {}
+        self.notes = notes
+
+    def optimized_source(self, name: str) -> tuple[Path | None, str]:
+        """An optimized image's PNG (verified where pixels are read: `resolve.optimized_png`) and
+        digest; no file where it is damaged, with a note: its pages show no picture."""
+        if name not in self.optimized:
+            try:
+                file = optimized_png(self.db, name, self.recorded[name])
+            except ActdbError as exc:
+                file = None
+                self.notes.append(str(exc))
+            self.optimized[name] = (file, self.recorded[name][1])
+        return self.optimized[name]
 
     def fetch(self, ids) -> None:
         missing = sorted({int(i) for i in ids} - set(self.rows))
@@ -135,7 +150,7 @@ class _Sources(dict):
     def __missing__(self, key: str):
         kind, _, value = key.partition(":")
         if kind == "optimized":
-            return self.index.optimized[value]
+            return self.index.optimized_source(value)
         self.index.fetch([int(value)])
         row = self.index.rows[int(value)]
         return Path(row["path"]), row["hash"] or f"id{value}-{slug(row['path'])}"

@@ -31,6 +31,8 @@ class Thumbnails:
 
     def _make(self, key: str) -> str | None:
         file, digest = self.sources[key]
+        if file is None:  # damaged: refused where it is read, and noted
+            return None
         path = f"thumbs/{digest[:24]}.jpg"
         if self.site.fresh(path, digest):
             return path

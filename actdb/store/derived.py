@@ -287,6 +287,18 @@ def write_unit_stats(db, array: StoredArray, classes, members, mean: np.ndarray,
 
 # -- optimized images' vectors ------------------------------------------------------------------
 
+def png_damage(path: Path, sha256: str) -> str | None:
+    """What is wrong with an optimized image's PNG, or None when it is the file its row was
+    committed with (the sha256 recorded in optimized_images.png_sha256)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return "is missing"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return "is not the one committed (sha256 differs)"
+    return None
+
+
 def optimized_vectors(db, array: StoredArray, names: list[str]) -> dict[str, np.ndarray]:
     """The kept vectors of optimized images in one array (those kept; the caller computes the rest)."""
     if not db.has_table("optimized_vectors"):

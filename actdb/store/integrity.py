@@ -14,7 +14,6 @@ that names its rows (or a catalog whose arrays are gone) is refused before anyth
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,14 +137,10 @@ def _check_optimized(db, problems: list, checked: dict) -> None:
         return
     for row in db.sql("SELECT name, png, png_sha256 FROM optimized_images ORDER BY name").itertuples():
         checked["optimized"] = checked.get("optimized", 0) + 1
-        try:
-            intact = hashlib.sha256((db.path / row.png).read_bytes()).hexdigest() == row.png_sha256
-            detail = "its PNG is not the one committed (sha256 differs)"
-        except OSError:
-            intact, detail = False, "its PNG is missing"
-        if not intact:
+        damage = derived.png_damage(db.path / row.png, row.png_sha256)
+        if damage:
             problems.append(Problem("damaged optimized image", row.png,
-                                    f"optimized:{row.name}: {detail}; run the same `actdb optimize` again "
+                                    f"optimized:{row.name}: its PNG {damage}; run the same `actdb optimize` again "
                                     "to remake it", repairable=False))
 
 
