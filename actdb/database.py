@@ -209,10 +209,11 @@ class Database(Store):
     # -- integrity ------------------------------------------------------------------------------
 
     def check(self, *, repair: bool = False, wait: bool = False) -> dict:
-        """Verify every done row's chunk (crc32c, digest, finite), the arrays' shapes and the index
-        files; `repair` unmarks damaged rows (the same ingest then recomputes exactly them), drops
-        broken index records and adds checksums to arrays made without; `wait`: for repair, wait
-        for another writer instead of being refused."""
+        """Verify every done row's chunk (crc32c, digest, finite), the arrays' shapes, the index
+        files, optimized PNGs and kept unit statistics; `repair` unmarks damaged rows (the same
+        ingest then recomputes exactly them), drops broken index records and unit statistics and
+        adds checksums to arrays made without; `wait`: for repair, wait for another writer instead
+        of being refused."""
         from .store import integrity
 
         return integrity.check(self, repair, wait)

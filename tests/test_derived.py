@@ -429,3 +429,36 @@ def test_an_array_made_before_chunk_digests_still_has_a_version_of_its_ids(store
     with db.catalog.write() as con:
         con.execute("DELETE FROM done WHERE array_id = ? AND image_id = 0", [legacy.id])
     assert actdb.open(store).array("tiny", "conv2").data_version != legacy.data_version
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE unit_stats SET mean = list_transform(mean, lambda x: x + 1) WHERE class = 'tench'",  # a class's means
+    "DELETE FROM unit_stats WHERE class = 'groenendael'",  # a class gone
+    "UPDATE unit_stats SET members = members + 1 WHERE class = 'sea_cucumber'",
+    "UPDATE unit_stats SET data_version = 'other' WHERE class = 'tench'",  # one row of another version
+    "UPDATE unit_stats SET mean = list_transform(mean, lambda x: x + 1) WHERE class = 'tench'; "
+    "DELETE FROM unit_stats WHERE class = 'groenendael'",  # the finding's edit
+], ids=["means", "class-deleted", "members", "one-version", "means-and-class-deleted"])
+def test_edited_unit_statistics_are_named_by_check_and_recomputed_not_served(store, edit):
+    """The finding: unit_stats edited in the catalog passed `check` (which looked at none of it) and
+    was served by `top-classes --by mean` (the reader compared the first row's version only)."""
+    db = actdb.open(store)
+    db.unit_stats(model="tiny", layer="conv2")
+    assert db.check()["ok"] and db.check()["checked"]["unit_stats"] == 1
+    with db.catalog.write() as con:
+        for statement in edit.split("; "):
+            con.execute(statement)
+    report = actdb.open(store).check()
+    problems = [p for p in report["problems"] if p["problem"] == "changed unit statistics"]
+    assert not report["ok"] and len(problems) == 1 and "tiny conv2 (mean)" in problems[0]["detail"], report
+    ranked = json.loads(invoke("--store", store, "top-classes", *ARRAY, "--unit", 0, "--by", "mean", "--json").stdout)
+    expected = means_by_class(actdb.open(store))  # NumPy on the stored rows
+    assert {row["class"] for row in ranked} == set(expected)
+    for row in ranked:
+        assert row["score"] == pytest.approx(expected[row["class"]][0], rel=1e-6)
+    assert actdb.open(store).check()["ok"]  # the answer recomputed and kept them
+    with actdb.open(store).catalog.write() as con:
+        for statement in edit.split("; "):
+            con.execute(statement)
+    assert actdb.open(store).check(repair=True)["repaired"]
+    assert actdb.open(store).check()["ok"]

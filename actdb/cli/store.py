@@ -60,7 +60,8 @@ def sql(session, query, as_json, as_csv):
 def check(ctx, repair, wait, as_json):
     """Verify the store: every done row's chunk exists, decodes (its crc32c checksum holds) and
     holds the rows its commit recorded (their digest), no NaN in done rows, arrays and catalog
-    agree on shapes, index files match their records. Exit 1 if something is wrong.
+    agree on shapes, index files, optimized PNGs and kept unit statistics match their records.
+    Exit 1 if something is wrong.
 
     \b
     actdb check

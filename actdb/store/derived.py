@@ -10,7 +10,8 @@ What each artifact is keyed by (array ids are never reused, see catalog.next_arr
   file's size and crc32c (verified before FAISS reads it).
 - `class_centroids`: (array id, metric), written in the index's transaction, so they are as
   fresh as the index row.
-- `unit_stats`: (array id, class); served only at the data version it records.
+- `unit_stats`: (array id, class); served only at the data version every row records, each row
+  as written (its digest), and only while its classes and member counts are the array's.
 - `optimized_vectors`: (optimized name, array id); deleted with their image when it is remade.
 - `maps/tsne-KEY.npy` + `.json`: KEY is a digest of the fit's identity (array id, data
   version, method, perplexity, seed, the points); the sidecar holds the identity and the
@@ -72,6 +73,7 @@ CREATE TABLE IF NOT EXISTS unit_stats (
     rows_done BIGINT NOT NULL,     -- done rows of the array when computed
     data_version VARCHAR NOT NULL, -- the array's data version (its done ids and values) when computed: else stale
     computed_at TIMESTAMP DEFAULT current_timestamp,
+    digest VARCHAR,                -- SHA-256 of the row as written (unit_stats_digest); NULL: before digests
     PRIMARY KEY (array_id, class)
 );
 CREATE TABLE IF NOT EXISTS optimized_vectors (  -- the PNG through each stored array's model, as a query file
@@ -256,32 +258,93 @@ def read_centroids(db, array: StoredArray, metric: str) -> dict | None:
 
 def read_unit_stats(db, array: StoredArray) -> dict | None:
     """class, members, mean, std (float64) at the array's current data version; None when
-    missing, stale, or not a table this version wrote."""
-    channels = array.channels
-    with db.catalog.read() as con:
-        if not readable(con, "unit_stats"):
-            return None
-        rows = con.execute(
-            f"SELECT class, members, mean::DOUBLE[{channels}] AS mean, std::DOUBLE[{channels}] AS std, "
-            "data_version FROM unit_stats WHERE array_id = ? ORDER BY class", [array.id]).fetchnumpy()
-    if len(rows["class"]) == 0 or rows["data_version"][0] != array.data_version:
+    missing, stale, not a table this version wrote, or disagreeing with the array (then it
+    is recomputed, never served: see `unit_stats_state`)."""
+    rows, _ = unit_stats_state(db, array)
+    if rows is None:
         return None
     return {"class": np.asarray(rows["class"], dtype=object), "members": np.asarray(rows["members"], np.int64),
             "mean": np.stack(rows["mean"]).astype(np.float64), "std": np.stack(rows["std"]).astype(np.float64)}
 
 
+def unit_stats_state(db, array: StoredArray) -> tuple[dict | None, str | None]:
+    """The kept statistics of an array, verified: (rows, None) when they may be served; (None,
+    None) when none are kept or they are stale (computed from other rows) or written before
+    digests (recomputed on use, nothing wrong); (None, what is wrong) when rows of the current
+    data version disagree with what was written or with the array (a row's version or digest,
+    a class missing or extra, a member count): `check` names that, the reader recomputes."""
+    channels = array.channels
+    with db.catalog.read() as con:
+        if not readable(con, "unit_stats"):
+            return None, None
+        rows = con.execute(
+            f"SELECT class, members, mean::DOUBLE[{channels}] AS mean, std::DOUBLE[{channels}] AS std, "
+            "data_version, digest FROM unit_stats WHERE array_id = ? ORDER BY class", [array.id]).fetchnumpy()
+    versions = set(rows["data_version"].tolist())
+    if array.data_version not in versions:
+        return None, None  # none kept, or stale: computed from other rows
+    if len(versions) > 1:
+        return None, f"its rows record {len(versions)} data versions; only one set is ever written"
+    digests = rows["digest"].tolist()
+    if all(digest is None for digest in digests):
+        return None, None  # written before row digests
+    for i, label in enumerate(rows["class"].tolist()):
+        written = unit_stats_digest(array.id, label, int(rows["members"][i]), rows["mean"][i], rows["std"][i],
+                                    rows["data_version"][i])
+        if digests[i] != written:
+            return None, f"the row of {_class_text(label)} is not the one written (its digest differs)"
+    expected = _members_by_class(db, array)
+    recorded = dict(zip(rows["class"].tolist(), rows["members"].tolist()))
+    missing, extra = sorted(set(expected) - set(recorded)), sorted(set(recorded) - set(expected))
+    if missing or extra:
+        return None, "; ".join(([f"it lacks {', '.join(map(_class_text, missing))}"] if missing else [])
+                               + ([f"it holds {', '.join(map(_class_text, extra))}, which the array does not"]
+                                  if extra else []))
+    for label, members in recorded.items():
+        if members != expected[label]:
+            return None, (f"it counts {members} members of {_class_text(label)}, the array holds {expected[label]} "
+                          "rows of it")
+    return rows, None
+
+
+def _members_by_class(db, array: StoredArray) -> dict[str, int]:
+    """Done rows per label of the array, and every done row under ALL_ROWS: what its statistics count."""
+    counts = db.sql("SELECT i.label, count(*) AS n FROM done d JOIN images i ON i.id = d.image_id "
+                    "WHERE d.array_id = ? AND i.label IS NOT NULL GROUP BY i.label", [array.id], memoize=True)
+    members = dict(zip(counts.label.tolist(), counts.n.astype(int).tolist()))
+    members[ALL_ROWS] = array.rows_done
+    return members
+
+
+def _class_text(label: str) -> str:
+    return "every row ('*')" if label == ALL_ROWS else f"class {label!r}"
+
+
+def unit_stats_digest(array_id: int, label: str, members: int, mean, std, data_version: str) -> str:
+    """SHA-256 of one unit_stats row: its key, member count and data version (JSON), then its
+    means and standard deviations (float64, little-endian)."""
+    digest = hashlib.sha256(json.dumps([int(array_id), label, int(members), data_version]).encode())
+    digest.update(np.ascontiguousarray(mean, dtype="<f8").tobytes())
+    digest.update(np.ascontiguousarray(std, dtype="<f8").tobytes())
+    return digest.hexdigest()
+
+
 def write_unit_stats(db, array: StoredArray, classes, members, mean: np.ndarray, std: np.ndarray) -> None:
-    """Kept for the array's current data version; nothing on a read-only store."""
+    """Kept for the array's current data version, each row with its digest; nothing on a
+    read-only store."""
     if not db.catalog.writable():
         return
-    frame = pd.DataFrame({"class": list(classes), "members": list(members),
-                          "mean": [row.tolist() for row in mean], "std": [row.tolist() for row in std]})
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    frame = pd.DataFrame({"class": list(classes), "members": [int(m) for m in members],
+                          "mean": [row.tolist() for row in mean], "std": [row.tolist() for row in std],
+                          "digest": [unit_stats_digest(array.id, label, n, m, d, array.data_version)
+                                     for label, n, m, d in zip(classes, members, mean, std)]})
     with db.catalog.write() as con:
         ensure_tables(con)
         con.execute("DELETE FROM unit_stats WHERE array_id = ?", [array.id])
         con.register("new_unit_stats", frame)
-        con.execute("INSERT INTO unit_stats (array_id, class, members, mean, std, rows_done, data_version) "
-                    "SELECT ?, class, members, mean, std, ?, ? FROM new_unit_stats",
+        con.execute("INSERT INTO unit_stats (array_id, class, members, mean, std, rows_done, data_version, digest) "
+                    "SELECT ?, class, members, mean, std, ?, ?, digest FROM new_unit_stats",
                     [array.id, array.rows_done, array.data_version])
 
 

@@ -82,6 +82,7 @@ class _Fixes:
     add_checksums: list = field(default_factory=list)  # StoredArrays made before checksums
     recreate_tables: list = field(default_factory=list)  # derived tables with other columns: rebuilt empty
     delete_arrays: list = field(default_factory=list)  # Zarr arrays no catalog row names
+    drop_unit_stats: list = field(default_factory=list)  # array ids whose kept statistics disagree
 
 
 def _inspect(db):
@@ -100,7 +101,27 @@ def _inspect(db):
         _check_indexes(db, problems, fixes, checked)
         _drop_indexes_of_unmarked_rows(db, fixes)
     _check_optimized(db, problems, checked)
+    if "unit_stats" not in fixes.recreate_tables:
+        _check_unit_stats(db, problems, fixes, checked)
     return problems, fixes, checked, notes
+
+
+def _check_unit_stats(db, problems, fixes, checked) -> None:
+    """Kept unit statistics of the current data version are the rows written (each row's version
+    and digest) and cover the array's classes with its member counts; stale ones are not a
+    problem (recomputed on use). Repair deletes a set that disagrees: recomputed on use."""
+    if not db.has_table("unit_stats"):
+        return
+    for array in db.arrays():
+        if array.id in fixes.drop_arrays:
+            continue
+        rows, problem = derived.unit_stats_state(db, array)
+        checked["unit_stats"] = checked.get("unit_stats", 0) + (rows is not None or problem is not None)
+        if problem:
+            problems.append(Problem("changed unit statistics", array.zarr_path,
+                                    f"the unit statistics of {array.describe()} disagree with it: {problem}; "
+                                    "`actdb check --repair` deletes them (recomputed on use)"))
+            fixes.drop_unit_stats.append(array.id)
 
 
 def _check_columns(db, problems, fixes) -> bool:
@@ -307,6 +328,9 @@ def _apply(db, fixes: _Fixes) -> list[str]:
         for array_id, metric in fixes.drop_indexes:
             derived.drop_index(con, array_id, metric)
             done.append(f"array {array_id}: {metric} index record dropped; run `actdb index` to rebuild it")
+        for array_id in fixes.drop_unit_stats:
+            con.execute("DELETE FROM unit_stats WHERE array_id = ?", [array_id])
+            done.append(f"array {array_id}: unit statistics deleted (recomputed on use)")
     for path in fixes.delete_files:
         Path(path).unlink(missing_ok=True)
         done.append(f"deleted {Path(path).relative_to(db.path)}")
