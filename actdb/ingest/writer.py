@@ -362,7 +362,7 @@ def record(catalog: Catalog, run_id: int, model_id: int, done: list[pd.DataFrame
     return image_failures
 
 
-def _changed_images(con, written: pd.DataFrame | None) -> dict[int, tuple[str, pd.DataFrame]]:
+def _changed_images(con, written: pd.DataFrame | None) -> dict[int, tuple[str, set[int]]]:
     """Decoded images that were known with another content hash: id -> (path, the arrays whose
     row this transaction wrote, which are of the new picture)."""
     known = con.execute("""SELECT i.id, i.path, i.content_hash AS recorded, d.content_hash AS computed
