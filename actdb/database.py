@@ -472,6 +472,9 @@ class Database(Store):
         ranges = parse_units(units) if units is not None else None
         layered = [(a, expand_units(ranges, a.channels, a.describe()) if ranges else list(range(a.channels)))
                    for a in chosen]
+        if out is None and not writable(self.path):
+            raise ActdbError(f"store {self.path} is read-only here: write its report elsewhere with out=FOLDER",
+                             f"store {self.path} is read-only here: write its report elsewhere with --out FOLDER")
         out = Path(out).expanduser() if out is not None else self.path / "report"
         out = site.checked_out(checked_folder(out, "out"), self.path)
         to_optimize = [(a, self._units_without_visualization(a, u)) for a, u in layered] if optimize else []
@@ -518,7 +521,7 @@ class Database(Store):
         if to_index:
             a = to_index[0]
             more = f" (and {len(to_index) - 1} more arrays)" if len(to_index) > 1 else ""
-            need = f"the l2 index of {a.describe()}{more} is missing or out of date; "
+            need = f"the l2 index of {a.describe()}{more} is missing, out of date or damaged; "
             where = " where the store can be written (or report a writable copy)"
             return ActdbError(f"{start}{need}run db.index(model={a.model!r}, layer={a.layer!r}, reduce={a.reduce!r})"
                               f"{where}", f"{start}{need}run `actdb index --model {a.model} --layer {a.layer} "

@@ -399,15 +399,18 @@ def test_a_read_only_store_is_reported_into_a_writable_folder(store, site, tiny_
         pytest.skip(f"no private read-only bind mount here: {probe.stderr.strip()[:200]}")
     out = tmp_path / "site"
     commands = [["--store", str(store), "report", "--layers", "conv2", "--units", "0", "--top", "2", "--out", str(out)],
-                ["--store", str(unindexed), "report", "--layers", "fc", "--out", str(tmp_path / "fc")]]
+                ["--store", str(unindexed), "report", "--layers", "fc", "--out", str(tmp_path / "fc")],
+                ["--store", str(store), "report", "--layers", "conv2"]]  # into STORE/report: read-only too
     process = subprocess.run(["unshare", "-m", "sh", "-c", f'{mounts} && exec "$@"', "sh", sys.executable, "-c",
                               READ_ONLY, json.dumps(commands)], capture_output=True, text=True, cwd=REPO,
                              env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}, timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
-    done, refused = json.loads(process.stdout.strip().splitlines()[-1])
+    done, refused, inside = json.loads(process.stdout.strip().splitlines()[-1])
     assert done["exit_code"] == 0 and not done["crashed"], done
     assert (out / "index.html").is_file() and (out / "tiny").is_dir()  # the store's arrays indexed by `site`
     lines = [line for line in refused["output"].splitlines() if line.strip()]
     assert refused["exit_code"] == 1 and len(lines) == 1 and lines[0].startswith("Error: "), refused
     assert "read-only" in lines[0] and "actdb index --model tiny --layer fc" in lines[0]
     assert not (tmp_path / "fc").exists()
+    lines = [line for line in inside["output"].splitlines() if line.strip()]
+    assert inside["exit_code"] == 1 and len(lines) == 1 and "read-only" in lines[0] and "--out FOLDER" in lines[0]
