@@ -361,6 +361,25 @@ def test_a_report_of_another_store_into_the_same_folder_keeps_nothing_of_the_fir
     assert set(files_of(out)) - {"manifest.json", ".actdb-report.lock"} == manifest_files(out)
 
 
+@pytest.mark.slow
+def test_optimize_makes_the_visualization_a_unit_lacks_in_its_own_weights(store, site):
+    """Unit 1 of the first model has only the dead model's visualization: --optimize makes one
+    with the first model's weights (before, it counted the other one and skipped the unit)."""
+    db, base, _, dead = arrays(store)
+
+    def visualizations(array) -> list[str]:
+        return db.sql("SELECT name FROM optimized_images WHERE model = ? AND layer = ? AND weights = ? AND unit = 1 "
+                      "AND objective = 'channel'", [array.model, array.layer, array.weights]).name.tolist()
+
+    assert visualizations(base) == [] and visualizations(dead) == ["other-weights"]
+    result = invoke("--store", store, "report", "--layers", "conv2", "--units", "1", "--top", "4", "--optimize")
+    assert result.exit_code == 0, result.output
+    made = visualizations(base)
+    assert len(made) == 1 and visualizations(dead) == ["other-weights"]
+    page = (site / layer_folder(site, base) / "1.html").read_text()
+    assert f"optimized/{made[0]}.html" in page and "optimized/other-weights.html" not in page
+
+
 # ---- finding 7: --serve; finding 10: a read-only store ---------------------------------------------
 
 def test_serve_on_a_port_in_use_is_refused_before_the_report_is_built(store, tmp_path):
