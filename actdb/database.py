@@ -33,7 +33,7 @@ from .store.stored_array import StoredArray
 from .units import parse_units  # noqa: F401 - the CLI checks unit lists while parsing
 
 __all__ = ["Database", "StoredArray", "open", "models", "layers", "predict", "weights", "featuremaps",
-           "differentiation", "optimize", "serve_report"]
+           "differentiation", "optimize", "serve_report", "report_server"]
 
 
 def open(path: str | Path | None = None, *, create: bool = False) -> "Database":  # noqa: A001 - as zarr.open
@@ -142,9 +142,16 @@ def optimize(*, out: str | Path | None = None, sheet: str | Path | None = None, 
 
 def serve_report(index: str | Path, *, port: int = 8000) -> None:
     """Serve a report's folder on http://127.0.0.1:PORT until Ctrl-C (the report also opens from file://)."""
-    from .report.serve import serve
+    with report_server(port) as server:
+        server.serve(index)
 
-    serve(str(index), port)
+
+def report_server(port: int = 8000):
+    """A server bound to 127.0.0.1:PORT now (a port in use is refused here, before a report is
+    built); `.serve(index)` serves that report's folder until Ctrl-C; use it in `with`."""
+    from .report.serve import ReportServer
+
+    return ReportServer(port)
 
 
 _PNG = (".png",)
@@ -210,13 +217,22 @@ class Database(Store):
 
     def check(self, *, repair: bool = False, wait: bool = False) -> dict:
         """Verify every done row's chunk (crc32c, digest, finite), the arrays' shapes, the index
-        files, optimized PNGs and kept unit statistics; `repair` unmarks damaged rows (the same
-        ingest then recomputes exactly them), drops broken index records and unit statistics and
-        adds checksums to arrays made without; `wait`: for repair, wait for another writer instead
-        of being refused."""
+        files, optimized PNGs, kept unit statistics and the files of the report in STORE/report
+        (damaged ones named in a note: not the store's data; `report` remakes them); `repair`
+        unmarks damaged rows (the same ingest then recomputes exactly them), drops broken index
+        records and unit statistics and adds checksums to arrays made without; `wait`: for
+        repair, wait for another writer instead of being refused."""
+        from .report.site import verify
         from .store import integrity
 
-        return integrity.check(self, repair, wait)
+        result = integrity.check(self, repair, wait)
+        report = result["report"] = verify(self.path / "report")
+        if report and report["damaged"]:
+            damaged = report["damaged"]
+            named = ", ".join(damaged[:3]) + (", ..." if len(damaged) > 3 else "")
+            result["notes"].append(f"the report in {report['folder']} has {len(damaged)} damaged or missing files "
+                                   f"({named}): `actdb report` makes them again (the store is not affected)")
+        return result
 
     # -- query: indexes, nearest images, nearest classes ----------------------------------------
 
@@ -431,15 +447,25 @@ class Database(Store):
     # -- the report --------------------------------------------------------------------------------
 
     def report(self, *, model: str | None = None, layers: str | list[str] = "all", units=None,
-               out: str | Path | None = None, top: int = 16, optimize: bool = False, wait: bool = False,
-               progress: bool = False) -> dict:
+               out: str | Path | None = None, top: int = 16, optimize: bool = False, absolute_paths: bool = False,
+               wait: bool = False, progress: bool = False) -> dict:
         """A static site of the store (a Microscope for your model and data) in `out` (default
-        STORE/report): a page per stored array, unit (of `units`, default all), class, shown
-        image and optimized image; re-runs rewrite only what changed. Arrays without an index
-        get one (their image pages list nearest images and classes); `optimize`: the chosen units
-        without a feature visualization get one first. Returns what was written."""
+        STORE/report: a new or empty folder, or one an earlier report wrote; never one holding
+        other files, nor the store's own folders): a page per stored array, unit (of `units`,
+        default all), class, shown image and optimized image; re-runs rewrite only what changed
+        or was damaged, and delete pages no longer made. Arrays without a current index get one
+        (their image pages list nearest images and classes); `optimize`: the chosen units
+        without a feature visualization get one first. A read-only store is reported when that
+        work is done already. `absolute_paths`: pages name the store and images by their full
+        paths (for a site kept beside the store; by default they name folders only, for a site
+        to zip and send). Returns what was written."""
+        from contextlib import nullcontext
+
         from .files import checked_folder
+        from .report import site
         from .report.build import Queries, build
+        from .resolve import model_arguments
+        from .store.locks import writable
         from .units import expand_units
 
         check_integer("top", top, 1)
@@ -451,32 +477,64 @@ class Database(Store):
         ranges = parse_units(units) if units is not None else None
         layered = [(a, expand_units(ranges, a.channels, a.describe()) if ranges else list(range(a.channels)))
                    for a in chosen]
+        if out is None and not writable(self.path):
+            raise ActdbError(f"store {self.path} is read-only here: write its report elsewhere with out=FOLDER",
+                             f"store {self.path} is read-only here: write its report elsewhere with --out FOLDER")
         out = Path(out).expanduser() if out is not None else self.path / "report"
-        out = checked_folder(out, "out")
-        with writing(self.path, "actdb report", wait):
-            for array, chosen_units in layered if optimize else ():
-                self._optimize_missing(array, chosen_units, progress)
-            for array in chosen:
-                if not derived.has_index(self, array, "l2"):
-                    self.index(model=array.model, layer=array.layer, reduce=array.reduce, weights=array.weights)
+        out = site.checked_out(checked_folder(out, "out"), self.path)
+        to_optimize = [(a, self._units_without_visualization(a, u)) for a, u in layered] if optimize else []
+        to_optimize = [(a, u) for a, u in to_optimize if u]
+        to_index = [a for a in chosen if not self._index_current(a)]
+        if writable(self.path):
+            store_lock = writing(self.path, "actdb report", wait)
+        elif to_optimize or to_index:
+            raise self._read_only_report(to_optimize, to_index)
+        else:
+            store_lock = nullcontext()  # nothing to write there, and no actdb writer can be writing it
+        with store_lock, site.locked(out, wait):
+            for array, missing in to_optimize:
+                self.optimize(**model_arguments(array), layer=array.layer, units=",".join(map(str, missing)),
+                              progress=progress)
+            for array in to_index:
+                self.index(model=array.model, layer=array.layer, reduce=array.reduce, weights=array.weights)
             layered = [(self.array(a.model, a.layer, reduce=a.reduce, weights=a.weights), u) for a, u in layered]
             queries = Queries(
                 neighbors=lambda texts, a: self.neighbors(texts, model=a.model, layer=a.layer, reduce=a.reduce,
                                                           weights=a.weights, k=9),
                 classes=lambda texts, a: self.classes(texts, model=a.model, layer=a.layer, reduce=a.reduce,
                                                       weights=a.weights, top=5))
-            return build(self, layered, out, queries, top=top, progress=progress)
+            return build(self, layered, out, queries, top=top, absolute_paths=absolute_paths, progress=progress)
 
-    def _optimize_missing(self, array: StoredArray, units: list[int], progress: bool) -> None:
-        """Feature visualizations (the default method) of the units that have none in this layer."""
+    def _units_without_visualization(self, array: StoredArray, units: list[int]) -> list[int]:
+        """The units with no feature visualization (maximized channel) made with the array's weights."""
         have = set()
         if self.has_table("optimized_images"):
-            have = set(self.sql("SELECT unit FROM optimized_images WHERE model = ? AND layer = ? "
-                                "AND objective = 'channel' AND sign = 1", [array.model, array.layer]).unit)
-        missing = [u for u in units if u not in have]
-        if missing:
-            self.optimize(model=array.model, layer=array.layer, units=",".join(map(str, missing)),
-                          weights=array.weights, progress=progress)
+            have = set(self.sql("SELECT unit FROM optimized_images WHERE model = ? AND layer = ? AND weights = ? "
+                                "AND objective = 'channel' AND sign = 1",
+                                [array.model, array.layer, array.weights]).unit)
+        return [u for u in units if u not in have]
+
+    def _index_current(self, array: StoredArray) -> bool:
+        """Whether the array's l2 index (and class centroids) holds exactly its stored rows, undamaged."""
+        record = derived.index_record(self, array, "l2")
+        return (record is not None and record.get("data_version") == array.data_version
+                and derived.index_damage(self, record) is None)
+
+    def _read_only_report(self, to_optimize: list, to_index: list) -> ActdbError:
+        """One line: what the report would have to write into a read-only store, and how to have it written."""
+        start = f"store {self.path} is read-only here and the report needs to write to it: "
+        if to_index:
+            a = to_index[0]
+            more = f" (and {len(to_index) - 1} more arrays)" if len(to_index) > 1 else ""
+            need = f"the l2 index of {a.describe()}{more} is missing, out of date or damaged; "
+            where = " where the store can be written (or report a writable copy)"
+            return ActdbError(f"{start}{need}run db.index(model={a.model!r}, layer={a.layer!r}, reduce={a.reduce!r})"
+                              f"{where}", f"{start}{need}run `actdb index --model {a.model} --layer {a.layer} "
+                              f"--reduce {a.reduce}`{where}")
+        a, units = to_optimize[0]
+        need = f"feature visualizations of {len(units)} units of {a.describe()} are missing; "
+        return ActdbError(f"{start}{need}report without optimize=True, or optimize where the store can be written",
+                          f"{start}{need}report without --optimize, or optimize where the store can be written")
 
     # -- the demo ---------------------------------------------------------------------------------
 

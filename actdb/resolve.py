@@ -289,6 +289,13 @@ def _files_through_layers(db, array: StoredArray, layers: list[str], paths: list
     return {layer: np.concatenate([r[layer] for r in rows]) for layer in layers}
 
 
+def model_arguments(array: StoredArray) -> dict:
+    """The model, weights and preprocess options that load the array's model again exactly
+    (a zoo model by name, a saved .keras model by its file), e.g. to optimize its units."""
+    return {"model": _model_argument(array), "weights": _weights_argument(array),
+            "preprocess": array.preprocess if array.model_path else None}
+
+
 def _model_argument(array: StoredArray) -> str:
     if array.model_path:
         if not Path(array.model_path).is_file():

@@ -61,7 +61,9 @@ def check(ctx, repair, wait, as_json):
     """Verify the store: every done row's chunk exists, decodes (its crc32c checksum holds) and
     holds the rows its commit recorded (their digest), no NaN in done rows, arrays and catalog
     agree on shapes, index files, optimized PNGs and kept unit statistics match their records.
-    Exit 1 if something is wrong.
+    Exit 1 if something is wrong. The files of the report in STORE/report are checked against its
+    manifest too: damaged ones are named in a note (not the store's data; `actdb report` makes
+    them again).
 
     \b
     actdb check
@@ -71,6 +73,8 @@ def check(ctx, repair, wait, as_json):
 
     def text():
         counts = ", ".join(f"{n} {what}" for what, n in report["checked"].items())
+        if report["report"]:
+            counts += f", {report['report']['files']} report files"
         n = len(report["problems"])
         click.echo(f"checked {counts}: " + ("no problems" if report["ok"] else f"{n} problem{'s' * (n > 1)}"))
         if report["problems"]:

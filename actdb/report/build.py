@@ -5,13 +5,17 @@ in one sortable table) and `MODEL/LAYER/UNIT.html`; `class/NAME.html`; `image/ID
 `optimized/NAME.html`. Every number comes from the analytics (the all-units pass, unit
 statistics) and the queries (nearest images and classes) the commands use; this module only
 lays them out. Each page records the key of its inputs (array data versions, optimized
-images, options) and is rewritten only when that changed.
+images of the array's model, layer and weights, the chosen units and images, options) and
+is rewritten only when that changed (site.py adds the store, the navigation and a check of
+the files kept). A page links only to pages this report makes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import pandas as pd
@@ -21,7 +25,7 @@ from ..errors import ActdbError
 from ..resolve import optimized_png, resolve
 from ..store.stored_array import StoredArray
 from . import charts
-from .site import Site, key_of, slug
+from .site import Site, key_of, slug, store_identity
 from .thumbs import Thumbnails
 
 STRIP_IMAGES = 5
@@ -45,6 +49,7 @@ class Layer:
     array: StoredArray
     units: list[int]
     folder: str  # MODEL/LAYER in the report
+    name: str  # in titles and the navigation: unique among the store's arrays
     key: str
     summary: unit_summary.UnitSummary | None = None
     stats: unitstats.UnitStats | None = None
@@ -55,48 +60,64 @@ class Layer:
         return f"{self.folder}/index.html"
 
 
-def array_folders(arrays: list[StoredArray]) -> dict[int, str]:
-    """MODEL/LAYER per array id, with -REDUCE when not mean and the weights only where two
-    stored arrays differ by weights alone."""
+def array_places(arrays: list[StoredArray]) -> dict[int, tuple[str, str]]:
+    """(folder, name) per array id: MODEL/LAYER, with -REDUCE when not mean, and "model layer
+    (reduce)"; the weights are added to both where two stored arrays differ by weights alone."""
     groups: dict[tuple, list[StoredArray]] = {}
     for a in arrays:
         groups.setdefault((a.model, a.layer, a.reduce), []).append(a)
-    folders = {}
+    places = {}
     for (model, layer, reduce), members in groups.items():
         base = f"{slug(model)}/{slug(layer)}" + ("" if reduce == "mean" else f"-{reduce}")
         for a in members:
-            folders[a.id] = base if len(members) == 1 else f"{base}-{slug(a.weights)[:32]}"
-    return folders
+            if len(members) == 1:
+                places[a.id] = base, a.describe()
+            else:
+                places[a.id] = (f"{base}-{slug(a.weights)[:32]}",
+                                f"{a.model} {a.layer} ({a.reduce}, weights {_short_weights(a.weights)})")
+    return places
+
+
+def _short_weights(weights: str) -> str:
+    """A weights file's digest cut to 12 hex digits in names (folders and the index table keep more)."""
+    prefix, _, digest = weights.partition("sha256=")
+    return f"{prefix}sha256={digest[:12]}" if digest else weights
 
 
 def build(db, layers: list[tuple[StoredArray, list[int]]], out: Path, queries: Queries, *, top: int = 16,
-          progress=None) -> dict:
-    """Write the report of `layers` (arrays with their chosen units) into `out`; a summary."""
-    folders = array_folders(db.arrays())
-    site = Site(out)
-    site.static()
+          absolute_paths: bool = False, progress=None) -> dict:
+    """Write the report of `layers` (arrays with their chosen units) into `out` (checked and
+    locked by the caller); a summary. `absolute_paths`: pages name the store and the images by
+    their full paths (for a site kept beside the store) instead of by folder names."""
+    places = array_places(db.arrays())
     optimized = _optimized(db)
-    images = _ImageIndex(db, optimized, site.notes)
-    thumbs = Thumbnails(site, images.sources)
-    chosen = [Layer(array, units, folders[array.id],
+    chosen = [Layer(array, units, *places[array.id],
                     key_of("layer", array.id, array.data_version, units, top, _optimized_key(optimized, array)))
               for array, units in layers]
+    site = Site(out, store_identity(db.path), page_salt=[_nav(chosen), absolute_paths])
+    site.claim()
+    site.static()
+    images = _ImageIndex(db, optimized, site.notes, absolute_paths)
+    thumbs = Thumbnails(site, images.sources)
     for layer in _progress(chosen, progress, "arrays"):
         _layer_pages(db, site, layer, chosen, images, thumbs, optimized, top)
-    store_key = key_of("store", [(a.id, a.data_version) for a in db.arrays()], _optimized_key(optimized, None),
-                       [(layer.array.id, layer.units) for layer in chosen])
     labels = db.labels()
+    counts = db.sql("SELECT label, count(*) AS n FROM images WHERE label IS NOT NULL GROUP BY label ORDER BY label")
     members = {label: db.sql("SELECT id FROM images WHERE label = ? ORDER BY id LIMIT ?",
                              [label, CLASS_MEMBERS]).id.tolist() for label in labels}
+    shown = sorted(set().union(*(layer.shown for layer in chosen), *members.values()))
+    store_key = key_of("store", [(a.id, a.data_version) for a in db.arrays()], _optimized_key(optimized, None),
+                       [(layer.array.id, layer.units) for layer in chosen], counts.values.tolist(),
+                       hashlib.sha256(np.asarray(shown, np.int64).tobytes()).hexdigest())
     for label in _progress(labels, progress, "classes"):
         _class_page(db, site, label, members[label], chosen, images, thumbs, optimized, store_key)
-    shown = sorted(set().union(*(layer.shown for layer in chosen), *members.values()))
-    _image_pages(db, site, shown, chosen, images, thumbs, queries, store_key, progress)
-    _optimized_pages(db, site, optimized, chosen, images, thumbs, queries, store_key)
-    _index_page(db, site, chosen, labels, optimized, images, thumbs, store_key)
-    site.save_manifest()
-    return {"report": str(Path(out).resolve() / "index.html"), "pages_written": site.written,
-            "files_kept": site.kept, "arrays": [layer.array.describe() for layer in chosen],
+    pages = set(shown)  # the images with a page: only these are linked
+    _image_pages(db, site, shown, chosen, images, thumbs, queries, store_key, pages, progress)
+    _optimized_pages(db, site, optimized, chosen, images, thumbs, queries, store_key, pages)
+    _index_page(db, site, chosen, counts, optimized, thumbs, absolute_paths)
+    removed = site.finish()
+    return {"report": str(Path(out).resolve() / "index.html"), "pages_written": len(site.written),
+            "files_kept": site.kept, "files_removed": len(removed), "arrays": [layer.name for layer in chosen],
             "units": sum(len(layer.units) for layer in chosen), "images": len(shown),
             "optimized": len(optimized), "classes": len(labels), "notes": site.notes}
 
@@ -106,8 +127,9 @@ def build(db, layers: list[tuple[StoredArray, list[int]]], out: Path, queries: Q
 class _ImageIndex:
     """Label, path and content digest of the images pages show (fetched by id, not all at once)."""
 
-    def __init__(self, db, optimized: pd.DataFrame, notes: list[str]):
+    def __init__(self, db, optimized: pd.DataFrame, notes: list[str], absolute_paths: bool):
         self.db = db
+        self.absolute_paths = absolute_paths
         self.rows: dict[int, dict] = {}
         self.sources = _Sources(self)
         self.recorded = {row.name: (row.png, row.png_sha256) for row in optimized.itertuples()}
@@ -129,10 +151,11 @@ class _ImageIndex:
     def fetch(self, ids) -> None:
         missing = sorted({int(i) for i in ids} - set(self.rows))
         if missing:
-            frame = self.db.sql("SELECT id, label, path, content_hash FROM images WHERE id IN "
+            frame = self.db.sql("SELECT id, label, path, source, content_hash FROM images WHERE id IN "
                                 "(SELECT unnest(?::BIGINT[]))", [missing])
             for row in frame.itertuples():
-                self.rows[int(row.id)] = {"label": row.label, "path": row.path, "hash": row.content_hash}
+                self.rows[int(row.id)] = {"label": row.label, "path": row.path, "hash": row.content_hash,
+                                          "shown_path": shown_path(row.path, row.source, self.absolute_paths)}
 
     def label(self, image_id: int):
         self.fetch([image_id])
@@ -164,16 +187,38 @@ def _optimized(db) -> pd.DataFrame:
                   "final_activation, top1_class, png, png_sha256, params FROM optimized_images ORDER BY name")
 
 
+def shown_path(path: str, source: str | None, absolute: bool) -> str:
+    """How a page names an image file: in full with `absolute`, else from the folder it was
+    ingested from (SOURCE's name and the path below it), or its folder and file name: the
+    site is zipped and sent, and says nothing of the folders it was made in."""
+    if absolute:
+        return path
+    file = PurePath(path)
+    root = PurePath(os.path.expanduser(source)) if isinstance(source, str) and source else None
+    if root is not None and root.is_absolute():
+        try:
+            return str(PurePath(root.name) / file.relative_to(root))
+        except ValueError:
+            pass
+    return str(PurePath(*file.parts[-2:])) if len(file.parts) > 1 else str(file)
+
+
+def _of_array(optimized: pd.DataFrame, array: StoredArray) -> pd.DataFrame:
+    """The optimized rows made with the array's model, layer and weights: one made with other
+    weights is another network's picture."""
+    return optimized[(optimized.model == array.model) & (optimized.layer == array.layer)
+                     & (optimized.weights == array.weights)]
+
+
 def _optimized_key(optimized: pd.DataFrame, array: StoredArray | None):
-    rows = optimized if array is None else optimized[(optimized.model == array.model)
-                                                     & (optimized.layer == array.layer)]
+    rows = optimized if array is None else _of_array(optimized, array)
     return sorted(zip(rows.name, rows.png_sha256))
 
 
 def _optimized_by_unit(optimized: pd.DataFrame, array: StoredArray) -> dict[int, list]:
-    """unit -> the optimized rows (feature visualizations) of that unit of the array's layer."""
-    rows = optimized[(optimized.model == array.model) & (optimized.layer == array.layer)
-                     & (optimized.objective != "logit")]
+    """unit -> the optimized rows (feature visualizations) of that unit of the array's layer and weights."""
+    rows = _of_array(optimized, array)
+    rows = rows[rows.objective != "logit"]
     by_unit: dict[int, list] = {}
     for row in rows.itertuples():
         by_unit.setdefault(int(row.unit), []).append(row)
@@ -185,13 +230,10 @@ def _optimized_by_unit(optimized: pd.DataFrame, array: StoredArray) -> dict[int,
 def _layer_pages(db, site, layer: Layer, chosen, images, thumbs, optimized, top: int) -> None:
     array = layer.array
     record = f"data/{layer.folder}.json"
-    if site.fresh(layer.href, layer.key) and site.fresh(record, layer.key):
+    if (site.fresh(layer.href, layer.key) and site.fresh(record, layer.key)
+            and all(site.fresh(f"{layer.folder}/{unit}.html", layer.key) for unit in layer.units)):
         layer.shown = set(json.loads((site.out / record).read_text())["shown"])
-        for unit in layer.units:
-            site.fresh(f"{layer.folder}/{unit}.html", layer.key)
-        site.fresh(f"{layer.folder}/classes.png", layer.key)
-        _keep_strips(site, layer)
-        return
+        return  # its pages, and the strips, thumbnails and picture they load, as recorded
     summary = layer.summary = unit_summary.summarize(db, array, k=top)
     stats = layer.stats = unitstats.unit_stats(db, array)
     sample_labels = _labels_of(db, summary.sample_ids)
@@ -208,21 +250,11 @@ def _layer_pages(db, site, layer: Layer, chosen, images, thumbs, optimized, top:
     heatmap = None
     if len(stats.classes):
         heatmap = f"{folder}/classes.png"
-        site.file(heatmap, charts.class_unit_png(stats, layer.units, array.describe()), layer.key)
-    site.page(layer.href, "layer.html", layer.key, title=f"{array.describe()}", array=_array_info(array),
+        site.file(heatmap, charts.class_unit_png(stats, layer.units, layer.name), layer.key)
+    site.page(layer.href, "layer.html", layer.key, title=layer.name, array=_array_info(array, layer.name),
               rows=rows, heatmap=heatmap and "classes.png", exact=summary.exact, sample=len(summary.sample_ids),
               top=top, layers=_nav(chosen))
     site.file(record, json.dumps({"shown": sorted(int(i) for i in layer.shown)}).encode(), layer.key)
-
-
-def _keep_strips(site, layer: Layer) -> None:
-    for unit in layer.units:
-        path = f"strips/{layer.folder}/{unit}.jpg"
-        if site.manifest.get(path) and (site.out / path).is_file():
-            site.recorded[path] = site.manifest[path]
-    for path, key in site.manifest.items():
-        if path.startswith("thumbs/") and (site.out / path).is_file():
-            site.recorded.setdefault(path, key)
 
 
 def _unit_page(site, layer: Layer, unit: int, chosen, images, thumbs, mine: list, sample_labels):
@@ -230,8 +262,10 @@ def _unit_page(site, layer: Layer, unit: int, chosen, images, thumbs, mine: list
     folder = layer.folder
     top_ids, top_values = summary.top_ids[unit], summary.top_values[unit]
     strip = thumbs.strip(f"strips/{folder}/{unit}.jpg", [f"id:{i}" for i in top_ids[:STRIP_IMAGES]])
-    top_labels = [images.label(i) for i in top_ids]
-    counts = _class_counts(top_labels)
+    # An image at the unit's minimum is among the top k only by id order (a dead ReLU unit's
+    # top k are its first k images): its class says nothing about the unit.
+    above = top_values > summary.minimum[unit]
+    counts = _class_counts([images.label(i) for i in top_ids[above]])
     best_class = counts.index[0] if len(counts) else None
     vis = thumbs.of(f"optimized:{mine[0].name}") if mine else None
     row = {"unit": unit, "href": f"{unit}.html", "strip": strip and f"../../{strip}", "vis": vis and f"../../{vis}",
@@ -250,8 +284,8 @@ def _unit_page(site, layer: Layer, unit: int, chosen, images, thumbs, mine: list
     position = units.index(unit)
     similar = [{"unit": u, "r": r, "href": f"{u}.html" if u in units else None}
                for u, r in summary.similar_units(unit)]
-    site.page(f"{folder}/{unit}.html", "unit.html", layer.key, title=f"{array.describe()} unit {unit}",
-              array=_array_info(array), unit=unit, row=row,
+    site.page(f"{folder}/{unit}.html", "unit.html", layer.key, title=f"{layer.name} unit {unit}",
+              array=_array_info(array, layer.name), unit=unit, row=row, at_minimum=int((~above).sum()),
               previous=f"{units[position - 1]}.html" if position else None,
               next=f"{units[position + 1]}.html" if position + 1 < len(units) else None,
               optimized=[_optimized_row(thumbs, r) for r in mine],
@@ -286,10 +320,12 @@ def _classes_by_mean(stats, unit: int) -> list[dict]:
              "members": int(stats.class_members[i]), "href": _class_href(stats.classes[i])} for i in order]
 
 
-def _example(images, thumbs, image_id, value) -> dict:
+def _example(images, thumbs, image_id, value, pages=None) -> dict:
+    """An image shown on a page; linked to its page unless `pages` (the ids with one) lacks it."""
     image_id = int(image_id)
     label = images.label(image_id)
-    return {"id": image_id, "value": float(value), "label": label, "href": f"image/{image_id}.html",
+    return {"id": image_id, "value": float(value), "label": label,
+            "href": f"image/{image_id}.html" if pages is None or image_id in pages else None,
             "class_href": _class_href(label) if label is not None else None, "thumb": thumbs.of(f"id:{image_id}")}
 
 
@@ -303,13 +339,13 @@ def _labels_of(db, ids: np.ndarray) -> np.ndarray:
     return frame.label.reindex(ids).to_numpy(dtype=object)
 
 
-def _array_info(array: StoredArray) -> dict:
-    return {"name": array.describe(), "model": array.model, "layer": array.layer, "reduce": array.reduce,
+def _array_info(array: StoredArray, name: str) -> dict:
+    return {"name": name, "model": array.model, "layer": array.layer, "reduce": array.reduce,
             "weights": array.weights, "rows": array.rows_done, "channels": array.channels}
 
 
 def _nav(chosen) -> list[dict]:
-    return [{"name": layer.array.describe(), "href": layer.href} for layer in chosen]
+    return [{"name": layer.name, "href": layer.href} for layer in chosen]
 
 
 def _optimized_row(thumbs, row) -> dict:
@@ -338,7 +374,7 @@ def _class_page(db, site, label: str, members: list[int], chosen, images, thumbs
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.where(stats.std > 0, (mean - stats.mean) / stats.std, 0.0)
         specific = np.lexsort((np.arange(len(z)), -z))[:PANEL_ROWS]
-        panels.append({"array": layer.array.describe(), "layer_href": layer.href,
+        panels.append({"array": layer.name, "layer_href": layer.href,
                        "nearest": [{"class": stats.classes[i], "distance": float(distances[i]),
                                     "href": _class_href(stats.classes[i])} for i in order[:PANEL_ROWS]],
                        "units": [{"unit": int(u), "z": float(z[u]),
@@ -355,7 +391,7 @@ def _class_page(db, site, label: str, members: list[int], chosen, images, thumbs
 
 # ---- image and optimized image pages ------------------------------------------------------------
 
-def _image_pages(db, site, ids: list[int], chosen, images, thumbs, queries, store_key, progress) -> None:
+def _image_pages(db, site, ids: list[int], chosen, images, thumbs, queries, store_key, pages, progress) -> None:
     todo = [i for i in ids if not site.fresh(f"image/{i}.html", store_key)]
     if not todo:
         return
@@ -366,14 +402,15 @@ def _image_pages(db, site, ids: list[int], chosen, images, thumbs, queries, stor
         row = images.rows[image_id]
         query = f"id:{image_id}"
         site.page(f"image/{image_id}.html", "image.html", store_key, title=f"image {image_id}",
-                  image={"id": image_id, "label": images.label(image_id), "path": row["path"],
+                  image={"id": image_id, "label": images.label(image_id), "path": row["shown_path"],
                          "thumb": thumbs.of(query),
                          "class_href": _class_href(images.label(image_id)) if images.label(image_id) else None},
-                  predictions=predictions.get(image_id, []), panels=_panels(answers, query, images, thumbs, chosen),
+                  predictions=predictions.get(image_id, []),
+                  panels=_panels(answers, query, images, thumbs, chosen, pages),
                   optimized=None, layers=_nav(chosen))
 
 
-def _optimized_pages(db, site, optimized, chosen, images, thumbs, queries, store_key) -> None:
+def _optimized_pages(db, site, optimized, chosen, images, thumbs, queries, store_key, pages) -> None:
     todo = [row for row in optimized.itertuples() if not site.fresh(f"optimized/{slug(row.name)}.html", store_key)]
     if not todo:
         return
@@ -382,11 +419,12 @@ def _optimized_pages(db, site, optimized, chosen, images, thumbs, queries, store
         query = f"optimized:{row.name}"
         info = _optimized_row(thumbs, row)
         unit_page = next((f"{layer.href.rsplit('/', 1)[0]}/{row.unit}.html" for layer in chosen
-                          if layer.array.model == row.model and layer.array.layer == row.layer
+                          if (layer.array.model, layer.array.layer, layer.array.weights) == (row.model, row.layer,
+                                                                                             row.weights)
                           and row.unit in layer.units), None)
         site.page(info["href"], "image.html", store_key, title=f"optimized image {row.name}",
                   image={"id": None, "label": None, "path": row.png, "thumb": info["thumb"], "class_href": None},
-                  predictions=[], panels=_panels(answers, query, images, thumbs, chosen),
+                  predictions=[], panels=_panels(answers, query, images, thumbs, chosen, pages),
                   optimized=dict(info, unit_href=unit_page, start=row.start_activation, seed=int(row.seed),
                                  sign=int(row.sign), weights=row.weights), layers=_nav(chosen))
 
@@ -420,11 +458,11 @@ def _vectors(db, array: StoredArray, texts: list[str]) -> dict[str, np.ndarray]:
     return vectors
 
 
-def _panels(answers, query: str, images, thumbs, chosen) -> list[dict]:
+def _panels(answers, query: str, images, thumbs, chosen, pages: set[int]) -> list[dict]:
     panels = []
     for layer in chosen:
         answer = answers.get(layer.array.id)
-        panel = {"array": layer.array.describe(), "layer_href": layer.href, "note": None, "neighbors": [],
+        panel = {"array": layer.name, "layer_href": layer.href, "note": None, "neighbors": [],
                  "classes": [], "units": []}
         if isinstance(answer, str):
             panel["note"] = answer
@@ -435,7 +473,7 @@ def _panels(answers, query: str, images, thumbs, chosen) -> list[dict]:
             own = int(query[3:]) if query.startswith("id:") else None
             others = [r for r in near[near["query"] == query].itertuples() if r.id != own][:NEIGHBOURS]
             for rank, r in enumerate(others, 1):
-                panel["neighbors"].append(dict(_example(images, thumbs, r.id, r.distance), rank=rank))
+                panel["neighbors"].append(dict(_example(images, thumbs, r.id, r.distance, pages), rank=rank))
             for r in ranked[ranked["query"] == query].to_dict("records"):
                 panel["classes"].append({"rank": int(r["rank"]), "class": r["class"], "distance": r.get("distance"),
                                          "href": _class_href(r["class"])})
@@ -473,20 +511,33 @@ def _predictions(db, ids: list[int]) -> dict[int, list[dict]]:
 
 # ---- the index ----------------------------------------------------------------------------------
 
-def _index_page(db, site, chosen, labels, optimized, images, thumbs, store_key) -> None:
-    if site.fresh("index.html", store_key):
-        return
+def _index_page(db, site, chosen, counts, optimized, thumbs, absolute_paths: bool) -> None:
+    """Cheap to lay out: its key is what it shows."""
     info = db.info()
-    counts = db.sql("SELECT label, count(*) AS n FROM images WHERE label IS NOT NULL GROUP BY label ORDER BY label")
     sources = db.sql("SELECT source, count(*) AS n FROM images GROUP BY source ORDER BY source")
-    in_report = {layer.array.id: layer.href for layer in chosen}
-    arrays = [dict(_array_info(a), href=in_report.get(a.id)) for a in db.arrays()]
-    site.page("index.html", "index.html", store_key, title=f"actdb report of {Path(db.path).name}",
-              store=str(Path(db.path).resolve()), info=info, arrays=arrays,
-              sources=[{"source": r.source, "images": int(r.n)} for r in sources.itertuples()],
-              classes=[{"class": r.label, "count": int(r.n), "href": _class_href(r.label)} for r in counts.itertuples()],
-              optimized=[_optimized_row(thumbs, r) for r in optimized.itertuples()],
-              errors=int(db.sql("SELECT count(*) AS n FROM errors").n.iloc[0]), layers=_nav(chosen))
+    in_report = {layer.array.id: layer for layer in chosen}
+    places = array_places(db.arrays())
+    arrays = [dict(_array_info(a, places[a.id][1]), href=in_report[a.id].href if a.id in in_report else None)
+              for a in db.arrays()]
+    store = str(Path(db.path).resolve()) if absolute_paths else Path(db.path).resolve().name
+    context = dict(title=f"actdb report of {Path(db.path).resolve().name}", store=store, images=int(info["images"]),
+                   arrays=arrays,
+                   sources=[{"source": _shown_source(r.source, absolute_paths), "images": int(r.n)}
+                            for r in sources.itertuples()],
+                   classes=[{"class": r.label, "count": int(r.n), "href": _class_href(r.label)}
+                            for r in counts.itertuples()],
+                   optimized=[_optimized_row(thumbs, r) for r in optimized.itertuples()],
+                   errors=int(info["failed_images"]), layers=_nav(chosen))
+    key = key_of("index", context)
+    if not site.fresh("index.html", key):
+        site.page("index.html", "index.html", key, **context)
+
+
+def _shown_source(source, absolute: bool) -> str | None:
+    """A SOURCE as the index page names it: its folder or file name unless `absolute`."""
+    if absolute or not isinstance(source, str) or not PurePath(os.path.expanduser(source)).is_absolute():
+        return source
+    return PurePath(source).name
 
 
 def _progress(items, progress: bool, what: str):

@@ -22,12 +22,28 @@ class Thumbnails:
         self.sources = sources
         self.made: dict[str, str | None] = {}
         self.tiles: dict[str, Image.Image] = {}  # decoded once, tiled into every strip that shows the image
+        self.readable: dict[str, bool] = {}
+        site.available = self.available
 
     def of(self, key: str) -> str | None:
-        """The report path of the image's thumbnail; None where its file cannot be read."""
+        """The report path of the image's thumbnail; None where its file cannot be read (the
+        file written next is then recorded as lacking it)."""
         if key not in self.made:
             self.made[key] = self._make(key)
+        if self.made[key] is None:
+            self.site.picture_missing(key)
         return self.made[key]
+
+    def available(self, key: str) -> bool:
+        """Whether the picture of `key`, missing when a page was made, can be read now."""
+        if key not in self.readable:
+            try:
+                file, _ = self.sources[key]
+            except (KeyError, ValueError):  # no longer stored
+                self.readable[key] = False
+            else:
+                self.readable[key] = file is not None and _open(file) is not None
+        return self.readable[key]
 
     def _make(self, key: str) -> str | None:
         file, digest = self.sources[key]
@@ -57,7 +73,6 @@ class Thumbnails:
             strip.paste(tile, (i * STRIP_PX, 0))
         self.site.file(path, _jpeg(strip), key)
         return path
-
 
     def _tile(self, key: str):
         if key not in self.tiles:
