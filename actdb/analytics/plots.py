@@ -7,6 +7,7 @@ Every function returns the Figure; one-panel plots take `ax=None`, several-panel
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -298,12 +299,16 @@ TRAJECTORY_COLUMNS = 3
 def trajectory_figure(result, top: int = 3, figure=None):
     """Per query, against depth: the followed class's share of the k nearest images (bold), the
     `top` other classes' shares, and (right axis) the followed class's rank by kNN share and by
-    centroid distance; the Deep k-NN prediction, credibility and confidence in each title."""
+    centroid distance; the Deep k-NN prediction, credibility and confidence in each title; the
+    result's warnings (what keeps these numbers from meaning much) below."""
     queries = result.queries[:MAX_TRAJECTORY_PANELS]
     columns = min(len(queries), TRAJECTORY_COLUMNS)
     rows = -(-len(queries) // columns)
-    fig = figures.figure(figure, figsize=(6.4 * columns, 5.8 * rows), layout="constrained")
-    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[1, 0.2] * rows)  # each panel, its legend below
+    notes = [textwrap.fill(f"warning: {w}", 60 * columns) for w in result.warnings]
+    note_lines = sum(n.count("\n") + 1 for n in notes)
+    fig = figures.figure(figure, figsize=(6.4 * columns, 5.8 * rows + 0.2 * note_lines), layout="constrained")
+    grid = fig.add_gridspec(2 * rows + bool(notes), columns,  # each panel, its legend below; the warnings last
+                            height_ratios=[1, 0.2] * rows + ([0.04 * note_lines] if notes else []))
     panels = [(fig.add_subplot(grid[2 * (n // columns), n % columns]),
                fig.add_subplot(grid[2 * (n // columns) + 1, n % columns])) for n in range(len(queries))]
     depth = np.arange(1, len(result.layers) + 1)
@@ -342,6 +347,11 @@ def trajectory_figure(result, top: int = 3, figure=None):
         own = f" (stored: {query.label})" if query.label else ""
         ax.set_title(f"{_query_label(query.query)}{own}\nDeep k-NN: {query.prediction}, credibility "
                      f"{query.credibility:.2f}, confidence {query.confidence:.2f}", fontsize=10)
+    if notes:
+        warning_ax = fig.add_subplot(grid[-1, :])
+        warning_ax.set_axis_off()
+        warning_ax.text(0, 1, "\n".join(notes), va="top", ha="left", fontsize=8.5, color="darkred",
+                        transform=warning_ax.transAxes)
     fig.suptitle(f"trajectory: {result.title}", fontsize=11)
     return fig
 
