@@ -205,7 +205,7 @@ class Condition(Constraint):
         except duckdb.Error as exc:
             self.refuse(f"not an SQL condition ({str(exc).splitlines()[0]}); give {self.expects}")
         if len(statements) != 1 or statements[0].type.name != "SELECT":
-            self.refuse(f"holds more than one condition; give {self.expects}")
+            self.refuse(f"holds another SQL statement, and a condition is read-only: give {self.expects}")
         return value
 
 
