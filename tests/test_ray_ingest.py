@@ -240,5 +240,6 @@ def test_a_probe_lost_on_a_node_still_listed_alive_is_refused_in_one_line(a_node
 
     store = tmp_path / "store"
     (store / "activations.zarr").mkdir(parents=True)
-    with pytest.raises(ActdbError, match=r"^the store probe on Ray node 10\.0\.0\.99 was lost .* run the ingest again$"):
+    lost = r"^the store probe on Ray node 10\.0\.0\.99 was lost .* run the ingest again$"
+    with pytest.raises(ActdbError, match=lost):
         check_store(local_ray, store)
