@@ -413,8 +413,8 @@ class Database(Store):
         return result
 
     @declare(model=MODEL, layers=Names(), weights=WEIGHTS, reduce=Choice(REDUCTIONS), metric=Choice(METRICS),
-             k=Integer(1, counting="neighbour"), class_name=Text(), calibration=Real(0, 1, closed="neither"), calibration_where=Condition(),
-             exact=Boolean(), seed=Seed(), plot=PNG)
+             k=Integer(1, counting="neighbour"), class_name=Text(), calibration=Real(0, 1, closed="neither"),
+             calibration_where=Condition(), exact=Boolean(), seed=Seed(), plot=PNG)
     def trajectory(self, queries, *, model: str, layers: str | list[str] = "all", weights: str | None = None,
                    reduce: str = "mean", metric: str = "l2", k: int = 75, class_name: str | None = None,
                    calibration: float = 0.1, calibration_where: str | None = None, exact: bool = False,
@@ -452,8 +452,12 @@ class Database(Store):
         from .report.build import Queries, build
         from .units import expand_units
 
+        named = None if layers == "all" else _names(layers)
+        for name in named or ():
+            if not any(a.layer == name and model in (None, a.model) for a in self.arrays()):
+                self.array(model, name)  # not stored: refused as every command that names layers refuses it
         chosen = [a for a in self.arrays() if (model is None or a.model == model) and a.rows_done
-                  and (layers == "all" or a.layer in _names(layers))]
+                  and (named is None or a.layer in named)]
         if not chosen:
             wanted = f"model={model!r}, layers={layers!r}" if model or layers != "all" else "any array"
             raise ActdbError(f"no stored array with rows matches {wanted}: see `actdb info` for the arrays")
