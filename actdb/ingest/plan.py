@@ -54,6 +54,8 @@ class IngestSummary:
     engine: str = "local"
     startup_seconds: float = 0.0  # ray: from submitting the work to the first worker ready (model loaded)
     workers: list[dict] = field(default_factory=list)  # ray: per worker images, busy seconds, images/s
+    hidden_folders: list[str] = field(default_factory=list)  # in SOURCE, holding images: names starting with '.'
+    warnings: list[str] = field(default_factory=list)  # what the listing did that a user should know
 
     @property
     def images_per_s(self) -> float:
