@@ -224,6 +224,16 @@ class Database(Store):
         optimized_vectors_in_every_array(type(self)(self.path))  # new arrays: the optimized images as queries
         return summary
 
+    @declare(old=Text(path=True), new=Text(path=True), wait=Boolean())
+    def relocate(self, old: str | Path, new: str | Path, *, wait: bool = False) -> dict:
+        """The dataset under folder `old` moved to `new`: its images' recorded paths follow it
+        (ids, rows and everything derived stay). Ingesting `new` instead would store every
+        image twice. `wait`: if another process writes the store, wait for it."""
+        from .store.relocate import relocate
+
+        with writing(self.path, "actdb relocate", wait):
+            return relocate(self, old, new)
+
     # -- integrity ------------------------------------------------------------------------------
 
     @declare(repair=Boolean(), wait=Boolean())

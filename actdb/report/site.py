@@ -20,6 +20,7 @@ from ..files import atomic_write
 
 MANIFEST = "manifest.json"
 FORMAT = 1  # bump when pages change shape: every page is then rewritten
+UNREADABLE_SHOWN = 3  # unreadable image files named in the one note that counts them
 
 
 def key_of(*parts) -> str:
@@ -45,6 +46,7 @@ class Site:
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters["num"] = _number
         self.notes: list[str] = []
+        self.unreadable: list[str] = []  # image files that could not be read: all of them when a dataset moved
         self.manifest = self._read_manifest()
         self.recorded: dict[str, str] = {}
         self.written = 0
@@ -62,6 +64,16 @@ class Site:
         except (OSError, ValueError) as exc:
             self.notes.append(f"{path} was unreadable ({exc}); every page is made again")
             return {}
+
+    def all_notes(self) -> list[str]:
+        """The notes, unreadable images counted in one line (a moved dataset makes thousands)."""
+        if not self.unreadable:
+            return list(self.notes)
+        shown = ", ".join(self.unreadable[:UNREADABLE_SHOWN]) + (", ..." if len(self.unreadable) > UNREADABLE_SHOWN
+                                                                  else "")
+        return [*self.notes, f"{len(self.unreadable)} image file(s) could not be read, so their pages show no picture "
+                             f"({shown}); if the dataset moved, `actdb relocate OLD NEW` points the store at its new "
+                             "place"]
 
     def fresh(self, path: str, key: str) -> bool:
         """Whether `path` exists as made from `key` (it is then kept, and counted)."""
