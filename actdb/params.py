@@ -12,11 +12,12 @@ integer as an `int`, an output path as the checked `Path`), so nothing below the
 
 `None` is accepted where the parameter's default is None (the signature already says it
 is optional), where a declaration lists it (`AnyOf(Integer(1), None)`), and for the options
-a command takes as `**options` (their dataclass holds the defaults and checks them). The declarations
-stay on the function as data (`function.__actdb_params__`: name -> constraint), for the CLI
-and any later surface to read.
+a command takes as `**options` (their dataclass holds the defaults and checks them). The
+declarations stay on the function as data (`function.__actdb_params__`: name -> constraint),
+for the CLI and any later surface to read.
 
-Kept free of heavy imports (no TensorFlow, no FAISS), like `choices`.
+Kept free of heavy imports (no TensorFlow, no FAISS; DuckDB only to parse a condition), like
+`choices`.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
+
+import numpy as np
 
 from .choices import SEED_MAX, invalid
 from .files import checked_folder, checked_output
@@ -128,7 +131,7 @@ class Boolean(Constraint):
     expects = "True or False"
 
     def check(self, value):
-        if type(value).__name__ not in ("bool", "bool_"):
+        if not isinstance(value, (bool, np.bool_)):
             self.refuse()
         return bool(value)
 
