@@ -25,15 +25,27 @@ OPTIMIZE_METHODS = ("fft", "pixel", "pattern")
 OBJECTIVES = ("channel", "neuron", "logit")
 
 
+# Keywords whose command-line flag is not their name with dashes (`class` is a Python word).
+FLAGS = {"class_name": "--class", "from_layer": "--from"}
+
+
+def flag(name: str) -> str:
+    """The command line's flag for a keyword: `-k` for `k`, `--class` for `class_name`, `--per-class`
+    for `per_class`."""
+    return FLAGS.get(name) or (f"-{name}" if len(name) == 1 else f"--{name.replace('_', '-')}")
+
+
 def option(name: str) -> tuple[str, str]:
     """An argument as a notebook writes it (`pairs=`) and as the command line does (`--pairs`)."""
-    return f"{name}=", f"--{name.replace('_', '-')} "
+    return f"{name}=", f"{flag(name)} "
 
 
 def invalid(name: str, value, problem: str) -> ActdbError:
-    """A one-line error about one argument, naming it the way the caller wrote it."""
+    """A one-line error about one argument, naming it the way the caller wrote it (on the command
+    line an empty text as it was typed, '')."""
     api, cli = option(name)
-    return ActdbError(f"{api}{value!r}: {problem}", f"{cli}{value}: {problem}")
+    shown = "''" if value == "" else value
+    return ActdbError(f"{api}{value!r}: {problem}", f"{cli}{shown}: {problem}")
 
 
 def check_choice(name: str, value, choices, what: str | None = None) -> str:

@@ -22,8 +22,12 @@ import numpy as np
 import pandas as pd
 
 from . import choices  # noqa: F401 - the option words, for the CLI
-from .choices import FLAT, check_integer, check_seed, invalid
+from .choices import (CLASS_RANKINGS, COMPARE_METHODS, DTYPES, ENGINES, FLAT, INDEX_KINDS, MAP_METHODS, METRICS,
+                      OBJECTIVES, OPTIMIZE_METHODS, PRECISIONS, PREPROCESS_MODES, REDUCTIONS, RESIZE_MODES,
+                      TOP_CLASSES_BY)
 from .errors import ActdbError
+from .params import (AnyOf, Boolean, Choice, Condition, Integer, Names, OutputFile, OutputFolder, Real, Seed, Text,
+                     declare, declared)  # noqa: F401 - declared: what each command accepts, as data
 from .results import warnings_of  # noqa: F401 - how the CLI prints every result's advice
 from .store.catalog import missing_store_message
 from .store.locks import writing
@@ -45,6 +49,16 @@ def open(path: str | Path | None = None, *, create: bool = False) -> "Database":
     return db
 
 
+# ---- what each command accepts: declared once, checked once at the door (see actdb.params) ------
+
+PNG = OutputFile(".png")
+MODEL = Text(path=True)  # a known name or a .keras file
+WEIGHTS = Text(path=True)  # imagenet | random:SEED | a weights file | as `actdb info` lists them
+ARRAY = {"model": MODEL, "layer": Text(), "reduce": Choice(REDUCTIONS), "weights": WEIGHTS}  # which stored array
+RUN_MODEL = {"model": MODEL, "weights": WEIGHTS, "preprocess": Choice(PREPROCESS_MODES)}  # a model run here
+WRITER = {"wait": Boolean(), "progress": Boolean()}
+
+
 # ---- commands that need no store --------------------------------------------------------------
 
 def models() -> pd.DataFrame:
@@ -55,6 +69,7 @@ def models() -> pd.DataFrame:
                          for s in known_models().values()])
 
 
+@declare(model=MODEL)
 def layers(model: str) -> pd.DataFrame:
     """A model's layers with their output shapes (built with random weights: nothing is loaded)."""
     from .models import layer_table, load
@@ -63,6 +78,7 @@ def layers(model: str) -> pd.DataFrame:
     return pd.DataFrame([{"layer": n, "type": t, "output_shape": list(s)} for n, t, s in rows])
 
 
+@declare(models=Names(), weights=WEIGHTS, top=Integer(1, 1000), resize=Choice(RESIZE_MODES))
 def predict(queries, *, models: str | list[str] = ("efficientnet_lite0",), weights: str = "imagenet",
             top: int = 5, resize: str = "center-crop", db: Store | None = None) -> pd.DataFrame:
     """Top ImageNet classes of each query (image file; `id:N` or `optimized:NAME` with a store), per model."""
@@ -71,16 +87,13 @@ def predict(queries, *, models: str | list[str] = ("efficientnet_lite0",), weigh
     return run(_texts(queries), models=_names(models), top=top, resize=resize, weights=weights, db=db)
 
 
+@declare(**RUN_MODEL, layer=Text(), unit=Integer(0), from_layer=Text(), top=Integer(1), plot=PNG)
 def weights(*, model: str, layer: str, unit: int, from_layer: str | None = None, top: int = 6,
             weights: str = "imagenet", preprocess: str | None = None, plot: str | Path | None = None):
     """The input channels feeding `unit` of a conv layer, ranked by kernel norm; with
     `from_layer`, Distill's expanded weights from that earlier layer."""
     from .analytics import weights as circuits
-    from .files import checked_output
 
-    if top < 1:
-        raise invalid("top", top, "list at least 1 channel")
-    plot = plot and checked_output(plot, _PNG)
     result = circuits.incoming_weights(model=model, layer=layer, unit=unit, from_layer=from_layer,
                                        weights=weights, preprocess=preprocess)
     if plot:
@@ -88,14 +101,13 @@ def weights(*, model: str, layer: str, unit: int, from_layer: str | None = None,
     return result
 
 
+@declare(**RUN_MODEL, layer=Text(), unit=Integer(0), resize=Choice(RESIZE_MODES), plot=PNG)
 def featuremaps(query: str, *, model: str, layer: str, channels=None, unit: int | None = None,
                 weights: str = "imagenet", preprocess: str | None = None, resize: str = "center-crop",
                 plot: str | Path | None = None, db: Store | None = None):
     """A layer's feature maps for one image; `plot`: the grid of maps (or, with `unit`, that map over the image)."""
     from .analytics.featuremaps import featuremaps as compute
-    from .files import checked_output
 
-    plot = plot and checked_output(plot, _PNG)
     result = compute(query, model=model, layer=layer, channels=channels, unit=unit, weights=weights,
                      preprocess=preprocess, resize=resize, db=db)
     if plot:
@@ -103,6 +115,8 @@ def featuremaps(query: str, *, model: str, layer: str, channels=None, unit: int 
     return result
 
 
+@declare(**RUN_MODEL, layers=Names(comma=True), units=Integer(2), normalize_by=Text(), max_images=Integer(2),
+         seed=Seed(), batch_size=Integer(1), resize=Choice(RESIZE_MODES), plot=PNG, progress=Boolean())
 def differentiation(sets, *, model: str, weights: str = "imagenet", preprocess: str | None = None,
                     layers: str = "all", units: int = 200, normalize_by: str | None = None, max_images: int = 200,
                     seed: int = 0, batch_size: int = 16, resize: str = "center-crop", plot: str | Path | None = None,
@@ -110,10 +124,7 @@ def differentiation(sets, *, model: str, weights: str = "imagenet", preprocess: 
     """How differently each layer responds to the images of each SET (a folder, `where:SQL`
     on the store, or `noise:N`)."""
     from .analytics.differentiation import differentiation_of
-    from .files import checked_output
-    check_seed(seed), check_integer("max_images", max_images, 2), check_integer("units", units, 1)
 
-    plot = plot and checked_output(plot, _PNG)
     result = differentiation_of(_texts(sets), model=model, weights=weights, layers=layers, units=units,
                                 normalize_by=normalize_by, max_images=max_images, seed=seed, batch_size=batch_size,
                                 resize=resize, preprocess=preprocess, db=db, progress=progress)
@@ -122,6 +133,10 @@ def differentiation(sets, *, model: str, weights: str = "imagenet", preprocess: 
     return result
 
 
+@declare(out=OutputFolder(), sheet=PNG, **WRITER, **RUN_MODEL, layer=Text(), objective=Choice(OBJECTIVES),
+         class_name=Text(), negative=Boolean(), method=Choice(OPTIMIZE_METHODS), steps=Integer(),
+         lr=Real(0, closed="neither"), size=Integer(), seed=Seed(), diversity=Integer(), snapshots=Text(),
+         batch=Integer(), name=Text(), overwrite=Boolean())  # counts' ranges: checked with the method's defaults
 def optimize(*, out: str | Path | None = None, sheet: str | Path | None = None, progress: bool = False,
              wait: bool = False, db: Store | None = None, **options) -> pd.DataFrame:
     """Optimized images (one row each), kept in the store `db` or written to the folder `out`.
@@ -140,6 +155,7 @@ def optimize(*, out: str | Path | None = None, sheet: str | Path | None = None, 
         return run(db.path, chosen, out=out, sheet=sheet, progress=progress)
 
 
+@declare(port=Integer(1, 65535))
 def serve_report(index: str | Path, *, port: int = 8000) -> None:
     """Serve a report's folder on http://127.0.0.1:PORT until Ctrl-C (the report also opens from file://)."""
     with report_server(port) as server:
@@ -152,9 +168,6 @@ def report_server(port: int = 8000):
     from .report.serve import ReportServer
 
     return ReportServer(port)
-
-
-_PNG = (".png",)
 
 
 def _save(draw, path: Path) -> Path:
@@ -192,6 +205,11 @@ class Database(Store):
 
     # -- ingest --------------------------------------------------------------------------------
 
+    @declare(**WRITER, **RUN_MODEL, layers=Names(comma=True), reduce=Choice(REDUCTIONS), classes=Names(),
+             per_class=Integer(1), seed=Seed(), limit=Integer(1), batch_size=Integer(1), resize=Choice(RESIZE_MODES),
+             precision=Choice(PRECISIONS), dtype=Choice(DTYPES), predictions=Boolean(), commit_seconds=Real(0),
+             engine=Choice(ENGINES), address=Text(), workers=Integer(1), gpus_per_worker=Real(0),
+             cpus_per_worker=Real(0, closed="neither"))
     def ingest(self, source: str | Path, *, progress: bool = False, wait: bool = False, **options):
         """Stream images from `source` through a model into this store (made if it does not exist).
         Options as `actdb ingest`: model, weights, preprocess, layers, reduce, classes, per_class,
@@ -213,8 +231,19 @@ class Database(Store):
         optimized_vectors_in_every_array(type(self)(self.path))  # new arrays: the optimized images as queries
         return summary
 
+    @declare(old=Text(path=True), new=Text(path=True), wait=Boolean())
+    def relocate(self, old: str | Path, new: str | Path, *, wait: bool = False) -> dict:
+        """The dataset under folder `old` moved to `new`: its images' recorded paths follow it
+        (ids, rows and everything derived stay). Ingesting `new` instead would store every
+        image twice. `wait`: if another process writes the store, wait for it."""
+        from .store.relocate import relocate
+
+        with writing(self.path, "actdb relocate", wait):
+            return relocate(self, old, new)
+
     # -- integrity ------------------------------------------------------------------------------
 
+    @declare(repair=Boolean(), wait=Boolean())
     def check(self, *, repair: bool = False, wait: bool = False) -> dict:
         """Verify every done row's chunk (crc32c, digest, finite), the arrays' shapes, the index
         files, optimized PNGs, kept unit statistics and the files of the report in STORE/report
@@ -236,6 +265,8 @@ class Database(Store):
 
     # -- query: indexes, nearest images, nearest classes ----------------------------------------
 
+    @declare(**ARRAY, metric=Choice(METRICS), kind=Choice(("auto", *INDEX_KINDS)), recall=Real(0, 1, closed="right"),
+             rebuild=Boolean(), wait=Boolean())
     def index(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
               weights: str | None = None, metric: str = "l2", kind: str = "auto", recall: float = 0.99,
               rebuild: bool = False, wait: bool = False) -> dict:
@@ -244,13 +275,11 @@ class Database(Store):
         `wait`: if another process writes the store, wait for it (else refused before any work)."""
         from .query import api
 
-        if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall <= 1:
-            raise ActdbError(f"recall={recall!r}: give a recall@10 between 0 and 1",
-                             f"--recall {recall}: give a recall@10 between 0 and 1")
         with writing(self.path, "actdb index", wait):
             return api.build(self, self.array(model, layer, reduce=reduce, weights=weights), metric=metric,
                              kind=kind, recall=recall, rebuild=rebuild)
 
+    @declare(**ARRAY, metric=Choice(METRICS), k=Integer(1), where=Condition())
     def neighbors(self, queries, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                   weights: str | None = None, metric: str = "l2", k: int = 10,
                   where: str | None = None) -> pd.DataFrame:
@@ -261,6 +290,8 @@ class Database(Store):
         return api.neighbors(self, self.array(model, layer, reduce=reduce, weights=weights), _queries(queries),
                              k=k, where=where, metric=metric)
 
+    @declare(**ARRAY, metric=Choice(METRICS), by=Choice(CLASS_RANKINGS), k=Integer(1), top=Integer(1),
+             class_name=Text())
     def classes(self, queries, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                 weights: str | None = None, metric: str = "l2", by: str = "centroid", k: int = 50, top: int = 10,
                 class_name: str | None = None) -> pd.DataFrame:
@@ -268,23 +299,21 @@ class Database(Store):
         `class_name`'s row is kept whatever its rank."""
         from .query import api
 
-        check_integer("k", k, 1), check_integer("top", top, 1)
         return api.classes(self, self.array(model, layer, reduce=reduce, weights=weights), _queries(queries),
                            by=by, k=k, top=top, class_name=class_name, metric=metric)
 
     # -- optimized images -------------------------------------------------------------------------
 
+    @declare(names=Names(), sheet=PNG, title=Text())
     def optimized(self, names: list[str] | None = None, *, sheet: str | Path | None = None,
                   title: str | None = None) -> pd.DataFrame:
         """The store's optimized images (all, or `names`), with their parameters; `sheet`: a
         contact sheet of them."""
-        from .files import checked_output
         from .optimize.run import listing
 
-        sheet = sheet and checked_output(sheet, _PNG, "sheet")
         frame = listing(self)
         if names is not None:
-            frame = frame.set_index("name").loc[list(names)].reset_index()
+            frame = frame.set_index("name").loc[_names(names)].reset_index()
         if sheet:
             from . import figures
             from .optimize.sheet import contact_sheet
@@ -298,6 +327,9 @@ class Database(Store):
 
     # -- analytics --------------------------------------------------------------------------------
 
+    @declare(**(ARRAY | {"reduce": Choice((*REDUCTIONS, FLAT))}), classes=Names(), random_classes=Integer(0),
+             per_class=AnyOf(Integer(), None), pairs=AnyOf(Integer(1), Choice(("all",))), metric=Choice(METRICS),
+             seed=Seed(), max_images=Integer(2), plot=PNG, progress=Boolean())
     def distances(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                   weights: str | None = None, queries=None, classes: str | list[str] | None = None,
                   random_classes: int = 10, per_class: int | None = 100, pairs: int | str = 5000,
@@ -307,10 +339,7 @@ class Database(Store):
         `queries`, each query's distances to every chosen class (a `DistanceReport`).
         `reduce="flat"`: whole feature maps computed from the images (at most `max_images`)."""
         from .analytics.distances import distances
-        from .files import checked_output
-        check_seed(seed), check_integer("random_classes", random_classes, 0), check_integer("max_images", max_images, 2)
 
-        plot = plot and checked_output(plot, _PNG)
         array = self._flat_source(model, layer, weights) if reduce == FLAT else \
             self.array(model, layer, reduce=reduce, weights=weights)
         report = distances(self, array, queries=_queries(queries) if queries is not None else None,
@@ -327,18 +356,16 @@ class Database(Store):
         except ActdbError:
             return self.array(model, layer, reduce="max", weights=weights)
 
+    @declare(**ARRAY, method=Choice(MAP_METHODS), classes=Names(), per_class=AnyOf(Integer(), None),
+             centroids=Boolean(), seed=Seed(), out=OutputFile(".parquet", ".csv"), plot=PNG)
     def map(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
             weights: str | None = None, method: str = "pca", classes: str | list[str] | None = None,
             per_class: int | None = 100, centroids: bool = False, highlight=None, seed: int = 0,
             out: str | Path | None = None, plot: str | Path | None = None) -> pd.DataFrame:
         """2-D map (pca | tsne | umap) of stored images or class centroids, with `highlight` queries
         placed in it; `out`: every point's coordinates as .parquet or .csv."""
-        from .analytics.maps import COORDINATE_SUFFIXES, map_points, save_coordinates
-        from .files import checked_output
-        check_seed(seed)
+        from .analytics.maps import map_points, save_coordinates
 
-        plot = plot and checked_output(plot, _PNG)
-        out = out and checked_output(out, COORDINATE_SUFFIXES, "out")
         frame = map_points(self, self.array(model, layer, reduce=reduce, weights=weights), method=method,
                            classes=classes, per_class=per_class, centroids=centroids,
                            highlight=_queries(highlight) if highlight is not None else None, seed=seed)
@@ -348,50 +375,46 @@ class Database(Store):
             _save(lambda plots: plots.map_figure(frame), plot)
         return frame
 
+    @declare(unit=Integer(0), **ARRAY, k=Integer(1), bottom=Boolean(), where=Condition(), montage=PNG)
     def top_images(self, *, unit: int, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                    weights: str | None = None, k: int = 16, bottom: bool = False, where: str | None = None,
                    montage: str | Path | None = None) -> pd.DataFrame:
         """The k stored images that excite (`bottom`: suppress) a unit most, streamed over the array."""
         from .analytics.top_images import top_images
-        from .files import checked_output
-        check_integer("k", k, 1)
 
-        montage = montage and checked_output(montage, _PNG, "montage")
         frame = top_images(self, self.array(model, layer, reduce=reduce, weights=weights), unit, k=k, bottom=bottom,
                            where=where)
         if montage:
             _save(lambda plots: plots.montage_figure(frame), montage)
         return frame
 
+    @declare(unit=Integer(0), **ARRAY, by=Choice(TOP_CLASSES_BY), top=Integer(1), k=Integer(1), plot=PNG)
     def top_classes(self, *, unit: int, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                     weights: str | None = None, by: str = "mean", top: int = 10, k: int = 100,
                     plot: str | Path | None = None) -> pd.DataFrame:
         """Classes ranked by a unit's mean or median over their members, or their share of its top k images."""
         from .analytics.top_classes import top_classes
-        from .files import checked_output
-        check_integer("top", top, 1), check_integer("k", k, 1)
 
-        plot = plot and checked_output(plot, _PNG)
         frame = top_classes(self, self.array(model, layer, reduce=reduce, weights=weights), unit, by=by, top=top,
                             k=k)
         if plot:
             _save(lambda plots: plots.top_classes_figure(frame), plot)
         return frame
 
+    @declare(**ARRAY, vs_class=Text(), plot=PNG)
     def profile(self, queries, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                 weights: str | None = None, vs_class: str | None = None,
                 plot: str | Path | None = None) -> pd.DataFrame:
         """Each query's activation over every unit, raw and as z-scores against the stored rows."""
         from .analytics.profile import profile
-        from .files import checked_output
 
-        plot = plot and checked_output(plot, _PNG)
         frame = profile(self, self.array(model, layer, reduce=reduce, weights=weights), _queries(queries),
                         vs_class=vs_class)
         if plot:
             _save(lambda plots: plots.profile_figure(frame), plot)
         return frame
 
+    @declare(**ARRAY, refresh=Boolean())
     def unit_stats(self, *, model: str | None = None, layer: str | None = None, reduce: str = "mean",
                    weights: str | None = None, refresh: bool = False):
         """Per-unit mean and std over all rows and per class (kept in the catalog, refreshed when rows change)."""
@@ -399,6 +422,9 @@ class Database(Store):
 
         return unit_stats(self, self.array(model, layer, reduce=reduce, weights=weights), refresh)
 
+    @declare(model=MODEL, layers=Names(), models=Names(), layer=Text(), method=Choice(COMPARE_METHODS),
+             reduce=Choice(REDUCTIONS), weights=WEIGHTS, where=Condition(), max_images=Integer(2), seed=Seed(),
+             plot=PNG)
     def compare(self, *, model: str | None = None, layers: str | list[str] | None = None,
                 models: str | list[str] | None = None, layer: str | None = None, method: str = "cka",
                 reduce: str = "mean", weights: str | None = None, where: str | None = None,
@@ -406,13 +432,10 @@ class Database(Store):
         """Linear CKA, debiased CKA or RSA between stored arrays: `model` with `layers`, or
         `models` with one `layer`."""
         from .analytics import compare
-        from .files import checked_output
-        check_seed(seed), check_integer("max_images", max_images, 2)
 
         if bool(layers) == bool(models):
             raise ActdbError("name the arrays one way: model=M, layers=[a, b, c] or models=[m1, m2], layer=L",
                              "name the arrays one way: --model M --layers a,b,c or --models m1,m2 --layer L")
-        plot = plot and checked_output(plot, _PNG)
         pairs = [(model, name) for name in _names(layers)] if layers else [(name, layer) for name in _names(models)]
         found = [self.array(m, l, reduce=reduce, weights=weights) for m, l in pairs]
         result = compare.compare(self, found, method=method, where=where, max_images=max_images, seed=seed)
@@ -420,6 +443,9 @@ class Database(Store):
             _save(lambda plots: plots.comparison_heatmap(result), plot)
         return result
 
+    @declare(model=MODEL, layers=Names(), weights=WEIGHTS, reduce=Choice(REDUCTIONS), metric=Choice(METRICS),
+             k=Integer(1, counting="neighbour"), class_name=Text(), calibration=Real(0, 1, closed="neither"),
+             calibration_where=Condition(), exact=Boolean(), seed=Seed(), plot=PNG)
     def trajectory(self, queries, *, model: str, layers: str | list[str] = "all", weights: str | None = None,
                    reduce: str = "mean", metric: str = "l2", k: int = 75, class_name: str | None = None,
                    calibration: float = 0.1, calibration_where: str | None = None, exact: bool = False,
@@ -431,11 +457,9 @@ class Database(Store):
         `calibration` share of the labelled images, at most 1000 (or those matching `calibration_where`),
         which are never neighbours. A `Trajectory`; `plot`: the trajectories drawn."""
         from .analytics import trajectory as deep_knn
-        from .files import checked_output
 
         queries = _queries(queries)
         deep_knn.check_arguments(queries, k=k, calibration=calibration, metric=metric)
-        plot = plot and checked_output(plot, _PNG)
         found = deep_knn.choose_arrays(self, model, layers if layers == "all" else _names(layers), reduce, weights)
         result = deep_knn.trajectory(self, found, queries, metric=metric, k=k, class_name=class_name,
                                      calibration=calibration, calibration_where=calibration_where, exact=exact,
@@ -446,6 +470,8 @@ class Database(Store):
 
     # -- the report --------------------------------------------------------------------------------
 
+    @declare(model=MODEL, layers=Names(), out=OutputFolder(), top=Integer(1), optimize=Boolean(), absolute_paths=Boolean(),
+             **WRITER)
     def report(self, *, model: str | None = None, layers: str | list[str] = "all", units=None,
                out: str | Path | None = None, top: int = 16, optimize: bool = False, absolute_paths: bool = False,
                wait: bool = False, progress: bool = False) -> dict:
@@ -468,9 +494,12 @@ class Database(Store):
         from .store.locks import writable
         from .units import expand_units
 
-        check_integer("top", top, 1)
+        named = None if layers == "all" else _names(layers)
+        for name in named or ():
+            if not any(a.layer == name and model in (None, a.model) for a in self.arrays()):
+                self.array(model, name)  # not stored: refused as every command that names layers refuses it
         chosen = [a for a in self.arrays() if (model is None or a.model == model) and a.rows_done
-                  and (layers == "all" or a.layer in _names(layers))]
+                  and (named is None or a.layer in named)]
         if not chosen:
             wanted = f"model={model!r}, layers={layers!r}" if model or layers != "all" else "any array"
             raise ActdbError(f"no stored array with rows matches {wanted}: see `actdb info` for the arrays")
@@ -538,6 +567,7 @@ class Database(Store):
 
     # -- the demo ---------------------------------------------------------------------------------
 
+    @declare(model=MODEL, views=Integer(1, 100), progress=Boolean())
     def demo(self, *, model: str | None = None, views: int = 8, progress: bool = False):
         """The demo's steps on this store (real photos end to end), one at a time: each is an
         `actdb` command line to run, or text to show (see `actdb.demo`)."""

@@ -53,8 +53,7 @@ def resolve(db, array: StoredArray, queries: list, computed: dict[str, np.ndarra
         elif text.endswith(".npy"):
             vectors[position] = _npy_vector(text, array.channels)
         else:
-            if not Path(text).is_file():
-                raise ActdbError(f"query {text!r} is not a file, id:N, optimized:NAME or a .npy vector")
+            readable_image(text)
             files.append(position)
     computed = dict(computed or {})
     pending = list(dict.fromkeys(queries[p] for p in files if queries[p] not in computed))
@@ -77,8 +76,7 @@ def resolve_in_arrays(db, stored: list[StoredArray], queries: list[str]) -> list
         elif text.startswith(OPTIMIZED_PREFIX):
             optimized_name(db, text)
         elif not text.endswith(".npy"):
-            if not Path(text).is_file():
-                raise ActdbError(f"query {text!r} is not a file, id:N, optimized:NAME or a .npy vector")
+            readable_image(text)
             files.append(text)
     computed: dict[int, dict[str, np.ndarray]] = {}
     if files:
@@ -139,7 +137,18 @@ def image_file(text: str, db=None) -> str:
     if not Path(text).is_file():
         raise ActdbError(f"cannot read image {text}: no such file (a query here is an image file, id:N or "
                          "optimized:NAME)")
-    return text
+    return readable_image(text)
+
+
+def readable_image(path: str) -> str:
+    """A query file, decoded as the model run will decode it, before any model is loaded: an
+    unreadable file is refused in a moment, not after the model is built."""
+    from .images import pixels_of_file
+
+    if not Path(path).is_file():
+        raise ActdbError(f"query {path!r} is not a file, id:N, optimized:NAME or a .npy vector")
+    pixels_of_file(path, 1, "squash")
+    return path
 
 
 def _stored_id_of_file(db, array: StoredArray, path: str) -> int | None:

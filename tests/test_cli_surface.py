@@ -7,6 +7,8 @@ import dataclasses
 import inspect
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,9 +73,11 @@ def inputs(tiny_store, tiny_model_path, tmp_path_factory):
     for i in range(3):
         write_image(folder / f"{i}.png", np.random.default_rng(10 + i))
     assert invoke("--store", tiny_store, "index", *ARRAY).exit_code == 0  # neighbors and classes need it
+    dataset = Path(Database(tiny_store).images().path[0]).parents[1]  # the shared source: relocated to a copy
+    shutil.copytree(dataset, root / "moved")
     return {"STORE": tiny_store, "MODEL": tiny_model_path, "IMAGE": image, "FOLDER": folder,
             "SOURCE": make_imagenet_tree(root / "train", per_class=2, seed=4), "NEW": root / "new-store",
-            "OUT": root / "optimized"}
+            "OUT": root / "optimized", "DATASET": dataset, "MOVED": root / "moved"}
 
 
 ARRAY = ["--model", "tiny", "--layer", "conv2"]
@@ -102,6 +106,7 @@ JSON_COMMANDS = {
                  "--quiet"],
     "ingest": ["SOURCE", *NETWORK, "--layers", "fc", "--quiet"],
     "report": ["--model", "tiny", "--layers", "fc", "--units", "0-1"],
+    "relocate": ["DATASET", "MOVED"],
 }
 WITHOUT_JSON = {"demo": "a story told in steps; each step's command has --json"}
 

@@ -17,7 +17,7 @@ REGENERATE = ".venv/bin/python docs/regenerate_usage.py"
 # The docs page of each command, by command group (the modules of actdb/cli/).
 PAGES = {
     "info": "store.md", "sql": "store.md", "check": "store.md",
-    "ingest": "ingest.md",
+    "ingest": "ingest.md", "relocate": "ingest.md",
     "models": "models.md", "layers": "models.md", "predict": "models.md",
     "index": "query.md", "neighbors": "query.md", "classes": "query.md",
     "optimize": "optimize.md",

@@ -314,3 +314,17 @@ def test_content_hashes_of_different_algorithms_cannot_be_compared(tmp_path, ima
     assert summary.warnings == []
     assert db.sql("SELECT content_hash FROM images WHERE id = 0").content_hash[0] == "blake2b:0123"
     assert len(db.done_ids(db.array("tiny", "conv2"))) == 3
+
+
+def test_the_summary_counts_hidden_folders_and_warns_of_merged_ones(tmp_path, tiny_model_path, run_cli):
+    rng = np.random.default_rng(4)
+    source = tmp_path / "photos"
+    for folder in ("tabby", "Tabby", "..."):
+        write_image(source / folder / f"{folder.strip('.') or 'dots'}.png", rng)
+    result = run_cli("--store", tmp_path / "store", "ingest", source, "--model", tiny_model_path, "--preprocess", "tf",
+                     "--layers", "fc")
+    assert result.exit_code == 0, result.output
+    assert "ingested 2, skipped 0 (already present), failed 0 of 2 listed; 1 hidden folder not read (...: names " \
+           "starting with '.')" in result.stdout
+    assert "warning: Tabby and tabby name one class, tabby" in result.stderr
+    assert actdb.open(tmp_path / "store").sql("SELECT DISTINCT label FROM images").label.tolist() == ["tabby"]

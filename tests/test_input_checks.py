@@ -122,3 +122,11 @@ def test_default_names_keep_other_weights_apart(tmp_path):
     assert result.exit_code == 0, result.output
     names = sorted(actdb.open(store).optimized().name)
     assert len(names) == 2 and any("random-1" in n for n in names), names
+
+
+@pytest.mark.parametrize("command", [["report"], ["report", "--model", "tiny"],
+                                     ["trajectory", "id:0", "--model", "tiny"], ["compare", "--model", "tiny"]])
+def test_every_command_refuses_an_unknown_layer_among_known_ones(store, command):
+    """`--layers conv2,nosuch` named conv2 and silently dropped nosuch in `report`."""
+    one_line_error(invoke("--store", store, *command, "--layers", "conv2,nosuch"), "no stored array", "nosuch")
+    assert not (store / "report").exists()

@@ -8,7 +8,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 import actdb
-from conftest import TINY_PER_CLASS, invoke, make_imagenet_tree, write_image
+from conftest import TINY_PER_CLASS, invoke, make_imagenet_tree, one_line_error, write_image
 
 ARRAY = ["--model", "tiny", "--layer", "conv2"]
 
@@ -224,3 +224,30 @@ def test_the_centroids_a_build_computes_in_its_own_pass_are_numpys_class_means(t
         rows = vectors[labels == label].astype(np.float64)
         assert members == len(rows)
         np.testing.assert_allclose(np.asarray(centroid), rows.mean(axis=0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Loading a model fails the test: what is checked here must be said before that."""
+    import actdb.models
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(actdb.models, "load_model", loaded)
+
+
+@pytest.mark.parametrize("command", [["classes"], ["classes", "--by", "knn"], ["neighbors"]])
+def test_a_missing_index_is_said_before_a_query_file_runs_through_the_model(store, tmp_path, no_model, command):
+    image = write_image(tmp_path / "query.png", np.random.default_rng(3))
+    one_line_error(invoke("--store", store, command[0], image, "--model", "tiny", "--layer", "fc", *command[1:]),
+                   "no l2 index for tiny/fc")
+
+
+@pytest.mark.parametrize("command", [["neighbors", *ARRAY], ["classes", *ARRAY], ["profile", *ARRAY],
+                                     ["predict", "--models", "efficientnet_lite0"],
+                                     ["trajectory", "--model", "tiny"]])
+def test_an_unreadable_query_image_is_said_before_any_model_loads(store, tmp_path, no_model, command):
+    image = tmp_path / "query.png"
+    image.write_text("not a picture")
+    one_line_error(invoke("--store", store, command[0], image, *command[1:]), f"cannot read image {image}")

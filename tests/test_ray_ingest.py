@@ -205,3 +205,41 @@ def test_the_store_probe_tells_a_node_that_does_not_share_the_store(tmp_path):
     (elsewhere / ".ray-probe-abc").write_text("old")
     assert _probe_store(str(elsewhere), "abc") == "it sees another file at that path"
     assert list((shared / "activations.zarr").iterdir()) == []  # the probe cleans up after itself
+
+
+@pytest.fixture
+def a_node_that_dies(local_ray, monkeypatch):
+    """Ray lists one more node alive than it has; `dead()` makes the next listings say it died
+    (so its pinned probe fails with TaskUnschedulableError, as on a cluster that lost it)."""
+    listed = local_ray.nodes
+    ghost = {"NodeID": os.urandom(28).hex(), "Alive": True, "NodeManagerAddress": "10.0.0.99"}
+    state = {"alive": True, "listings": 0}
+
+    def nodes():
+        state["listings"] += 1
+        alive = state["alive"] and (state["listings"] == 1 or not state.get("dies_after_listing"))
+        return [*listed(), {**ghost, "Alive": alive}]
+
+    monkeypatch.setattr(local_ray, "nodes", nodes)
+    return state
+
+
+def test_a_node_lost_while_the_store_is_probed_is_left_out_not_a_failed_run(a_node_that_dies, local_ray, tmp_path):
+    from actdb.ingest.engines.ray import check_store
+
+    store = tmp_path / "store"
+    (store / "activations.zarr").mkdir(parents=True)
+    a_node_that_dies["dies_after_listing"] = True
+    check_store(local_ray, store)  # the real node answers; the lost one counts as gone
+    assert a_node_that_dies["listings"] >= 2 and not list(store.glob(".ray-probe-*"))
+
+
+def test_a_probe_lost_on_a_node_still_listed_alive_is_refused_in_one_line(a_node_that_dies, local_ray, tmp_path):
+    from actdb.errors import ActdbError
+    from actdb.ingest.engines.ray import check_store
+
+    store = tmp_path / "store"
+    (store / "activations.zarr").mkdir(parents=True)
+    lost = r"^the store probe on Ray node 10\.0\.0\.99 was lost .* run the ingest again$"
+    with pytest.raises(ActdbError, match=lost):
+        check_store(local_ray, store)

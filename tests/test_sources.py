@@ -360,3 +360,19 @@ def test_images_mixed_with_class_folders(tmp_path):
 def test_bad_counts(train_tree, arguments):
     with pytest.raises(ActdbError, match="must be a"):
         list_images(train_tree, **arguments)
+
+
+def test_hidden_folders_holding_images_are_named_and_folders_of_one_class_are_said_merged(tmp_path):
+    root = tmp_path / "photos"
+    write_images(root / "tabby", "a.png")
+    write_images(root / "Tabby", "b.png")  # ImageNet's tabby, however cased
+    write_images(root / "daisy", "d.png")
+    write_images(root / "...", "c.png")  # hidden by its leading '.': not read, but counted
+    write_text(root / ".git" / "config")  # hidden and no images: nothing to say
+    listing = list_images(root)
+    assert listing.hidden == ["..."]
+    assert sorted(names(r for r in listing if r.label == "tabby")) == ["a.png", "b.png"]
+    assert names(listing) == ["a.png", "b.png", "d.png"]  # by wnid: tabby n02123045, daisy n11939491
+    assert listing.warnings == ["Tabby and tabby name one class, tabby: their images are stored together under "
+                                "that label"]
+    assert list_images(root, classes=["daisy"]).warnings == []

@@ -240,10 +240,80 @@ def test_an_index_answers_as_the_exact_search_and_the_output_says_which(store):
     assert "searched: flat index: conv2; exact (no l2 index): fc" in text
 
 
-def test_too_large_a_k_is_lowered_and_said(store):
+def test_too_large_a_k_is_lowered_and_said(store, stored):
+    _, labels = stored
     result = actdb.open(store).trajectory("id:0", model="tiny")  # the paper's k=75; 27 neighbour images
-    assert result.k == 3 * TINY_PER_CLASS - 3 - 1
+    supply = labels.loc[result.neighbour_ids].value_counts().to_dict()  # what each class can supply,
+    supply[labels[0]] -= 0 in result.neighbour_ids  # the stored query left out
+    assert result.k == min(supply.values()) < 3 * TINY_PER_CLASS - 3 - 1
     assert any("k=75" in w for w in result.warnings)
+
+
+# --- when the store cannot give the numbers meaning (Papernot & McDaniel's method, section 4) ------
+
+
+def test_the_calibration_share_is_drawn_from_each_class_in_proportion():
+    """The split keeps the classes' proportions (largest remainders), never a class's last image."""
+    from actdb.analytics.trajectory import stratified
+
+    labels = np.array(["a"] * 12 + ["b"] * 7 + ["c"] * 5)
+    for seed in range(5):
+        held_out = stratified(labels, 6, np.random.default_rng(seed))
+        # quotas 6 * (12, 7, 5) / 24 = 3, 1.75, 1.25: floors 3, 1, 1 and the one left to b's remainder 0.75
+        assert {c: int(held_out[labels == c].sum()) for c in "abc"} == {"a": 3, "b": 2, "c": 1}
+    lonely = np.array(["a"] + ["b"] * 9)
+    held_out = stratified(lonely, 5, np.random.default_rng(0))  # quotas 0.5, 4.5: a keeps its one image
+    assert not held_out[0] and held_out.sum() == 5
+
+
+@pytest.mark.parametrize("k", [12, 75])
+def test_a_share_keeps_every_class_in_the_neighbour_set_and_k_within_the_smallest(store, stored, k):
+    """Half held out: 5 of each class's 10 (the cat of the issue was left 3 tabbies by an
+    unstratified split); k is lowered to the 5 a class can supply (4 for the stored query's class)."""
+    _, labels = stored
+    document = run(store, "id:1", "--model", "tiny", "-k", k, "--calibration", 0.5)
+    held_out = labels.loc[document["calibration"]["ids"]].value_counts()
+    assert held_out.to_dict() == {c: TINY_PER_CLASS // 2 for c in labels.unique()}
+    neighbours = labels.drop(document["calibration"]["ids"])
+    supply = neighbours.value_counts().to_dict()
+    supply[labels[1]] -= 1 in neighbours.index
+    assert document["k"] == min(supply.values()) == TINY_PER_CLASS // 2 - 1
+    assert any(w.startswith(f"k={k} is more than the smallest class can supply") for w in document["warnings"])
+    for step in document["queries"][0]["layers"]:
+        assert len(step["neighbours"]["ids"]) == document["k"]
+
+
+def test_one_class_and_a_small_calibration_set_are_named_in_json_and_on_the_plot(tiny_store_template, tmp_path,
+                                                                                 tiny_model_path):
+    from actdb.analytics.plots import trajectory_figure
+
+    store = tmp_path / "one-class"
+    source = tiny_store_template.parent / "train"
+    assert invoke("--store", store, "ingest", source, "--model", tiny_model_path, "--preprocess", "tf", "--layers",
+                  "conv2,fc", "--classes", "tench", "--quiet").exit_code == 0
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(noise)
+    result = invoke("--store", store, "trajectory", noise, "--model", "tiny", "-k", 3, "--json")
+    document = strict(result.stdout)
+    # one class: every neighbour of every layer is a tench, so nonconformity 0 and p = 1 whatever the query
+    query = document["queries"][0]
+    assert query["nonconformity"] == {"tench": 0} and query["credibility"] == 1.0
+    one_class = [w for w in document["warnings"] if "one class (tench)" in w]
+    small = [w for w in document["warnings"] if w.startswith("1 calibration image(s): p-values move in steps of 1/1")]
+    assert one_class and small, document["warnings"]
+    assert f"warning: {one_class[0]}" in result.stderr
+    figure = trajectory_figure(actdb.open(store).trajectory(str(noise), model="tiny", k=3))
+    drawn = " ".join(" ".join(t.get_text().split()) for ax in figure.axes for t in ax.texts)
+    for warning in (one_class[0], small[0]):
+        assert f"warning: {warning}" in drawn
+
+
+def test_twenty_calibration_images_resolve_a_p_value_of_005_and_go_unwarned(store, stored):
+    _, labels = stored
+    document = run(store, "id:1", "--model", "tiny", "-k", 2, "--calibration", 0.7)  # 21 of 30 held out
+    assert len(document["calibration"]["ids"]) == 21
+    assert not any("calibration image(s)" in w for w in document["warnings"])
+    assert any("3 calibration image(s)" in w for w in run(store, "id:1", "--model", "tiny", "-k", 2)["warnings"])
 
 
 def test_the_table_for_people_names_prediction_credibility_and_every_layer(store):

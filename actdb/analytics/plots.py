@@ -2,10 +2,12 @@
 labelled axes, a legend, and a title naming model, layer, reduction and metric.
 
 Every function returns the Figure; one-panel plots take `ax=None`, several-panel plots
-`figure=None` (see `actdb.figures`), and `figures.save` writes them.
+`figure=None` (see `actdb.figures`), and `figures.save` writes them. Each is
+`@figures.drawing`: class and file names are drawn as plain text.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ def _bins(samples) -> np.ndarray:
     return np.histogram_bin_edges(values, bins=50)
 
 
+@figures.drawing
 def distances_figure(report: DistanceReport, figure=None):
     """Overlaid density histograms: the pair groups, and each query's distances to its targets."""
     queries = list(dict.fromkeys(q for q, _ in report.query_samples))[:MAX_QUERY_PANELS]
@@ -58,6 +61,7 @@ def distances_figure(report: DistanceReport, figure=None):
     return figure
 
 
+@figures.drawing
 def map_figure(frame: pd.DataFrame, ax=None):
     """The map's points by class; queries drawn last, on top, as labelled stars."""
     figure, axis = figures.axes(ax, figsize=(8, 6.5))
@@ -93,6 +97,7 @@ def highlighted_offsets(ax) -> np.ndarray:
     return np.empty((0, 2))
 
 
+@figures.drawing
 def montage_figure(frame: pd.DataFrame, columns: int = 8, figure=None):
     """The top images in rank order, each titled with its class and the unit's value."""
     from PIL import Image
@@ -116,6 +121,7 @@ def montage_figure(frame: pd.DataFrame, columns: int = 8, figure=None):
     return figure
 
 
+@figures.drawing
 def profile_figure(frame: pd.DataFrame, figure=None):
     """Per query: raw values over the units with the dataset mean ± std (and a class's mean), and z-scores."""
     figure = figures.figure(figure, figsize=(11, 6.5))
@@ -143,6 +149,7 @@ def profile_figure(frame: pd.DataFrame, figure=None):
     return figure
 
 
+@figures.drawing
 def top_classes_figure(frame: pd.DataFrame, ax=None):
     figure, axis = figures.axes(ax, figsize=(7, 0.35 * len(frame) + 1.5))
     axis.barh(frame["class"][::-1], frame.score[::-1], color="tab:blue", label=frame.attrs.get("by", "score"))
@@ -153,6 +160,7 @@ def top_classes_figure(frame: pd.DataFrame, ax=None):
     return figure
 
 
+@figures.drawing
 def weights_figure(weights, top: int = 6, figure=None):
     """Every input channel's norm (strongest first), then the top maps as 003 draws them:
     min-max normalized over the unit's whole kernel, one colour map, so panels compare."""
@@ -184,6 +192,7 @@ def weights_figure(weights, top: int = 6, figure=None):
 MAX_GRID_MAPS = 256  # beyond this a grid is too tall to read: choose with --channels
 
 
+@figures.drawing
 def featuremap_grid(maps, per_row: int = 16, figure=None):
     """003's `show_layer`: every chosen map standardized, x64 + 128, clipped; viridis."""
     from .featuremaps import display_values
@@ -206,6 +215,7 @@ def featuremap_grid(maps, per_row: int = 16, figure=None):
     return fig
 
 
+@figures.drawing
 def unit_overlay(maps, figure=None):
     """One channel's map, upsampled to the image, over the image; raw activation values."""
     fig = figures.figure(figure, figsize=(9, 4.4), layout="constrained")
@@ -225,6 +235,7 @@ def unit_overlay(maps, figure=None):
     return fig
 
 
+@figures.drawing
 def differentiation_figure(result, ax=None):
     """One line per set over the layers, as 004's figures."""
     frame = result.frame
@@ -255,6 +266,7 @@ METHOD_TITLES = {"cka": "linear CKA", "cka-debiased": "debiased linear CKA",
                  "rsa": "RSA (Spearman r of correlation-distance RDMs)"}
 
 
+@figures.drawing
 def comparison_heatmap(comparison, ax=None):
     """Every pair of arrays, the similarity written in each cell; a shared model named once."""
     count = len(comparison.names)
@@ -283,15 +295,20 @@ MAX_TRAJECTORY_PANELS = 6
 TRAJECTORY_COLUMNS = 3
 
 
+@figures.drawing
 def trajectory_figure(result, top: int = 3, figure=None):
     """Per query, against depth: the followed class's share of the k nearest images (bold), the
     `top` other classes' shares, and (right axis) the followed class's rank by kNN share and by
-    centroid distance; the Deep k-NN prediction, credibility and confidence in each title."""
+    centroid distance; the Deep k-NN prediction, credibility and confidence in each title; the
+    result's warnings (what keeps these numbers from meaning much) below."""
     queries = result.queries[:MAX_TRAJECTORY_PANELS]
     columns = min(len(queries), TRAJECTORY_COLUMNS)
     rows = -(-len(queries) // columns)
-    fig = figures.figure(figure, figsize=(6.4 * columns, 5.8 * rows), layout="constrained")
-    grid = fig.add_gridspec(2 * rows, columns, height_ratios=[1, 0.2] * rows)  # each panel, its legend below
+    notes = [textwrap.fill(f"warning: {w}", 60 * columns) for w in result.warnings]
+    note_lines = sum(n.count("\n") + 1 for n in notes)
+    fig = figures.figure(figure, figsize=(6.4 * columns, 5.8 * rows + 0.2 * note_lines), layout="constrained")
+    grid = fig.add_gridspec(2 * rows + bool(notes), columns,  # each panel, its legend below; the warnings last
+                            height_ratios=[1, 0.2] * rows + ([0.04 * note_lines] if notes else []))
     panels = [(fig.add_subplot(grid[2 * (n // columns), n % columns]),
                fig.add_subplot(grid[2 * (n // columns) + 1, n % columns])) for n in range(len(queries))]
     depth = np.arange(1, len(result.layers) + 1)
@@ -330,6 +347,11 @@ def trajectory_figure(result, top: int = 3, figure=None):
         own = f" (stored: {query.label})" if query.label else ""
         ax.set_title(f"{_query_label(query.query)}{own}\nDeep k-NN: {query.prediction}, credibility "
                      f"{query.credibility:.2f}, confidence {query.confidence:.2f}", fontsize=10)
+    if notes:
+        warning_ax = fig.add_subplot(grid[-1, :])
+        warning_ax.set_axis_off()
+        warning_ax.text(0, 1, "\n".join(notes), va="top", ha="left", fontsize=8.5, color="darkred",
+                        transform=warning_ax.transAxes)
     fig.suptitle(f"trajectory: {result.title}", fontsize=11)
     return fig
 

@@ -4,8 +4,9 @@ Deep k-NN (Papernot & McDaniel 2018, arXiv 1803.04765) over a model's stored arr
 The layers are taken in the network's order (the model's own layer list, built without its
 weights; where the model cannot be built here, in the order they were stored, and a warning
 says so). The **neighbour set**, the paper's training data, is the labelled stored images
-with a row in every chosen layer, less the **calibration set**: a seeded share of them
-(`calibration`) or those matching `calibration_where`. Then:
+with a row in every chosen layer, less the **calibration set**: a seeded share of each class
+(`calibration`, stratified so that the neighbour set keeps the classes' proportions) or those
+matching `calibration_where`. Then:
 
 - **per layer**, for each query: its k nearest images in the neighbour set and each class's
   share of them; every class's centroid (the mean of its members' rows as the metric sees
@@ -24,6 +25,10 @@ with a row in every chosen layer, less the **calibration set**: a seeded share o
 
 A stored image as the query is left out of its own neighbours, of its class's centroid and
 members, and of the calibration scores its p-values are taken from.
+
+Where the store cannot give these numbers meaning, warnings say so (in the result, `--json`
+and on the plot; see `credibility_warnings`): k is lowered to what the smallest class can
+supply, and one class or fewer than MIN_CALIBRATION calibration images are named.
 
 Each layer is searched with its FAISS index (`actdb index`, the same metric) when that
 index holds every image of the neighbour set, else exactly (streamed over the stored rows);
@@ -55,6 +60,8 @@ DEFAULT_CALIBRATION = 0.1
 # The share is capped: every calibration image is a k-NN search per layer, so 10% of ImageNet
 # (128,000 searches over 1.15M rows per layer) would take hours; the paper's tutorial uses 750.
 MAX_CALIBRATION = 1000
+# With n calibration scores a p-value moves in steps of 1/n: 20 is the least that resolves 0.05.
+MIN_CALIBRATION = 20
 TOP_SHOWN = 3  # classes named per layer in the table and drawn beside the target
 
 
@@ -249,6 +256,7 @@ def split(db, found: list[StoredArray], calibration: float, calibration_where: s
     if len(ids) < 3:
         raise ActdbError(f"only {len(ids)} labelled image(s) have a row in every chosen layer: a trajectory needs "
                          "labelled images to search and to calibrate on (ingest class folders)")
+    labels = images.label.to_numpy(str)
     if calibration_where:
         chosen = db.sql(f"SELECT id FROM images WHERE {calibration_where}").id.to_numpy(np.int64)
         held_out = np.isin(ids, chosen)
@@ -256,9 +264,8 @@ def split(db, found: list[StoredArray], calibration: float, calibration_where: s
     else:
         share = max(1, int(round(calibration * len(ids))))
         count = min(share, MAX_CALIBRATION)
-        held_out = np.zeros(len(ids), bool)
-        held_out[np.random.default_rng(seed).choice(len(ids), min(count, len(ids)), replace=False)] = True
-        how = f"a seeded share {calibration:g} (seed {seed})" + (
+        held_out = stratified(labels, count, np.random.default_rng(seed))
+        how = f"a seeded share {calibration:g} (seed {seed}) of each class" + (
             f", capped at {MAX_CALIBRATION} images" if count < share else "")
     if not held_out.any():
         raise invalid("calibration_where", calibration_where,
@@ -269,10 +276,61 @@ def split(db, found: list[StoredArray], calibration: float, calibration_where: s
                              "to search")
     label_of = np.full(int(ids.max()) + 1, None, dtype=object)
     label_of[ids] = images.label.to_numpy(object)
-    classes, codes = np.unique(images.label.to_numpy(str), return_inverse=True)
+    classes, codes = np.unique(labels, return_inverse=True)
     code_of = np.full(len(label_of), -1, np.int64)
     code_of[ids] = codes
     return _Sets(label_of, code_of, classes.tolist(), ids[~held_out], ids[held_out], how)
+
+
+def stratified(labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """A mask holding out `count` images, each class in proportion to its size (largest
+    remainders first, equal ones in a seeded order) and never a class's last image: the
+    neighbour set keeps the classes' proportions, so a share does not empty a small class."""
+    classes, codes, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    quota = count * sizes / len(labels)
+    taken = np.minimum(np.floor(quota).astype(np.int64), sizes - 1)
+    order = np.lexsort((rng.permutation(len(classes)), -(quota - taken)))  # largest remainder first
+    extra = [c for c in order if taken[c] < sizes[c] - 1][:max(0, count - int(taken.sum()))]
+    taken[extra] += 1
+    held_out = np.zeros(len(labels), bool)
+    for c, n in enumerate(taken):
+        members = np.flatnonzero(codes == c)
+        held_out[rng.choice(members, n, replace=False)] = True
+    return held_out
+
+
+def credibility_warnings(sets: _Sets, query_ids: list[int | None], k: int) -> tuple[int, list[str]]:
+    """The k Deep k-NN can use here and what keeps its p-values from measuring anything.
+
+    A class j's nonconformity is the number of the k neighbours per layer (over all layers)
+    whose label is not j. A class with n members in the neighbour set (n - 1 for a stored
+    query of it, which leaves itself out) can supply at most n of a query's k neighbours, so
+    for k > n a query of that class never looks conforming: k is lowered to what the smallest
+    class supplies. With one class every neighbour agrees with it, and every query is
+    credible; with n calibration scores p-values move in steps of 1/n."""
+    warnings = []
+    neighbour_labels = sets.label_of[sets.neighbours]
+    members = {c: int(np.sum(neighbour_labels == c)) for c in sets.classes}
+    present = {c: n for c, n in members.items() if n}
+    stored = set(sets.neighbours.tolist()) & {i for i in query_ids if i is not None}
+    for label in {sets.label_of[i] for i in stored}:  # a stored query leaves itself out of its class's neighbours
+        present[label] -= 1
+    smallest = min(present, key=lambda c: (present[c], c))
+    supply = max(1, min(present[smallest], len(sets.neighbours) - 1))
+    if k > supply:
+        reason = f"{smallest} has {present[smallest]} image(s) in the neighbour set" if present[smallest] == supply \
+            else f"the neighbour set holds {len(sets.neighbours)} images, a stored query leaving itself out"
+        warnings.append(f"k={k} is more than the smallest class can supply ({reason}): a query of it could never "
+                        f"look conforming, so k={supply} is used; for a larger k, store more images of every class")
+        k = supply
+    if len(present) < 2:
+        warnings.append(f"the neighbour set holds one class ({smallest}): every neighbour agrees with it, so every "
+                        "query gets credibility 1; Deep k-NN needs at least 2 classes to measure credibility")
+    if len(sets.calibration) < MIN_CALIBRATION:
+        warnings.append(f"{len(sets.calibration)} calibration image(s): p-values move in steps of "
+                        f"1/{len(sets.calibration)}, too coarse to tell a credibility of 0.05 from 0 (it takes "
+                        f"{MIN_CALIBRATION}); hold out a larger calibration share or store more labelled images")
+    return k, warnings
 
 
 def trajectory(db, found: list[StoredArray], queries: list[str], *, metric: str = "l2", k: int = DEFAULT_K,
@@ -285,16 +343,12 @@ def trajectory(db, found: list[StoredArray], queries: list[str], *, metric: str 
     if target is not None and target not in set(sets.label_of[sets.neighbours]):
         raise invalid("class_name", class_name, "has no image in the neighbour set (all of its images are held out "
                                                 "for calibration, or lack a row in some chosen layer)")
-    warnings: list[str] = []
-    if k > len(sets.neighbours) - 1:
-        warnings.append(f"k={k} is more than the neighbour set allows ({len(sets.neighbours)} images, a stored query "
-                        f"leaving itself out): k={len(sets.neighbours) - 1} used")
-        k = len(sets.neighbours) - 1
-    found, order_warnings = network_order(found)
-    warnings += order_warnings
+    found, warnings = network_order(found)
     resolved = resolve_in_arrays(db, found, [str(q) for q in queries])
     query_ids = [next((r.image_ids[q] for r in resolved if r.image_ids[q] is not None), None)
                  for q in range(len(queries))]
+    k, measure_warnings = credibility_warnings(sets, query_ids, k)
+    warnings += measure_warnings
     n_queries, n_calibration = len(queries), len(sets.calibration)
     own = np.array([-1 if i is None else i for i in query_ids] + sets.calibration.tolist(), np.int64)
     agree = np.zeros((n_queries + n_calibration, len(sets.classes)), np.int64)  # neighbours of each class, summed

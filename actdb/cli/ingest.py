@@ -55,8 +55,11 @@ def ingest(session, source, quiet, as_json, **options):
     summary = session.db(create=True).ingest(source, progress=progress_bar(not quiet and not as_json), **options)
 
     def text():
+        hidden = summary.hidden_folders
+        unread = f"; {len(hidden)} hidden folder{'s' * (len(hidden) > 1)} not read " \
+            f"({', '.join(hidden[:3])}{', ...' if len(hidden) > 3 else ''}: names starting with '.')" if hidden else ""
         click.echo(f"ingested {summary.ingested}, skipped {summary.skipped} (already present), failed "
-                   f"{summary.failed} of {summary.listed} listed; {summary.images_per_s:.1f} images/s; "
+                   f"{summary.failed} of {summary.listed} listed{unread}; {summary.images_per_s:.1f} images/s; "
                    f"arrays: {', '.join(summary.arrays)}")
 
     emit(summary, as_json, None if quiet else text,

@@ -1,4 +1,4 @@
-"""What is in a store and whether it is sound: info, sql, check."""
+"""What is in a store and whether it is sound: info, sql, check; relocate, when a dataset moved."""
 from __future__ import annotations
 
 import click
@@ -88,3 +88,22 @@ def check(ctx, repair, wait, as_json):
     if any(not (repair and p["repairable"]) for p in report["problems"]):
         ctx.exit(1)
 
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new", type=click.Path(file_okay=False))
+@wait_option
+@json_option
+@click.pass_obj
+def relocate(session, old, new, wait, as_json):
+    """The dataset stored from folder OLD moved to NEW: point the store's images at their new
+    paths (ids, rows, indexes and every derived result stay). Ingesting NEW instead would
+    store every image a second time.
+
+    \b
+    actdb relocate /data/photos /mnt/archive/photos
+    """
+    report = session.db().relocate(old, new, wait=wait)
+    emit(report, as_json, lambda: click.echo(f"relocated {report['images']} images from {report['old']} to "
+                                             f"{report['new']}"))

@@ -54,7 +54,8 @@ class IngestSummary:
     engine: str = "local"
     startup_seconds: float = 0.0  # ray: from submitting the work to the first worker ready (model loaded)
     workers: list[dict] = field(default_factory=list)  # ray: per worker images, busy seconds, images/s
-    warnings: list[str] = field(default_factory=list)  # e.g. files that changed since they were ingested
+    hidden_folders: list[str] = field(default_factory=list)  # in SOURCE, holding images: names starting with '.'
+    warnings: list[str] = field(default_factory=list)  # what a user should know: files changed since their ingest, merged folders, ...
 
     @property
     def images_per_s(self) -> float:

@@ -80,6 +80,7 @@ def ingest(store: str | Path, source: str | Path, options: IngestOptions, progre
     if summary.ingested == 0 and summary.skipped == 0:
         raise ActdbError(f"none of the {summary.listed} listed images could be ingested ({_an_error(catalog)}); "
                          "see `actdb sql \"SELECT path, reason FROM errors\"`")
+    summary.hidden_folders, summary.warnings = records.hidden, [*records.warnings, *summary.warnings]
     return summary
 
 

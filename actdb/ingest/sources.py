@@ -54,6 +54,17 @@ class ImageRecord:
     split: str  # 'train', 'val', 'test', or the source kind: 'folder', 'list', 'file'
 
 
+class Listing(list):
+    """The ImageRecords of a source, and what the listing left out or joined: hidden folders
+    holding images (names starting with '.', such as `...`, are not read) and the `warnings`
+    a user should see (folders merged into one class)."""
+
+    def __init__(self, records=(), hidden: list[str] | None = None, warnings: list[str] | None = None):
+        super().__init__(records)
+        self.hidden = hidden or []
+        self.warnings = warnings or []
+
+
 @dataclass(frozen=True)
 class ClassId:
     """What a raw label (folder name, list label, wnid) means."""
@@ -78,18 +89,19 @@ def list_images(
     per_class: int | None = None,
     seed: int = 0,
     limit: int | None = None,
-) -> list[ImageRecord]:
+) -> Listing:
     """The images of SOURCE, filtered, in a deterministic order: by class, then file name."""
     _check_counts(per_class=per_class, limit=limit, seed=seed)
     root = _existing(source)
     if isinstance(classes, str):
         classes = classes.split(",")
     select = _class_selector(classes, root) if classes else (lambda groups: groups)
+    hidden: list[str] = []
     try:
-        split, groups = _read_source(root, select)
+        split, groups = _read_source(root, select, hidden)
     except PermissionError as e:
         raise ActdbError(f"cannot read {e.filename}: check its permissions") from e
-    by_class = _merge_by_class(groups)
+    by_class, merged = _merge_by_class(groups)
     if per_class is not None:
         by_class = {c: _sample(files, per_class, seed, c) for c, files in by_class.items()}
     ordered = (
@@ -101,7 +113,9 @@ def list_images(
     if not records:
         raise ActdbError(f"no images found in {root}{' for the chosen classes' if classes else ''}: "
                          f"give a folder of .jpg/.png images, class folders, or a .csv/.parquet list")
-    return records
+    warnings = [f"{' and '.join(raws)} name one class, {c.label}: their images are stored together under that label"
+                for c, raws in merged.items()]
+    return Listing(records, hidden, warnings)
 
 
 def _check_counts(per_class: int | None, limit: int | None, seed: int) -> None:
@@ -119,9 +133,9 @@ def _existing(source: str | Path) -> Path:
     return root.resolve()
 
 
-def _read_source(root: Path, select: Select) -> tuple[str, Groups]:
+def _read_source(root: Path, select: Select, hidden: list[str]) -> tuple[str, Groups]:
     if root.is_dir():
-        return _read_folder(root, select)
+        return _read_folder(root, select, hidden)
     if root.suffix.lower() in LIST_SUFFIXES:
         return "list", select(_read_list(root))
     if not _is_image_name(root.name):
@@ -148,12 +162,15 @@ def _has_image(folder: str) -> bool:
         return any(_is_image_name(e.name) and e.is_file() for e in entries)
 
 
-def _scan_top(root: Path) -> tuple[dict[str, str], list[str]]:
-    """Class folders (name -> path) and loose image files of ROOT."""
+def _scan_top(root: Path, hidden: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Class folders (name -> path) and loose image files of ROOT; hidden folders (names starting
+    with '.') that hold images are not read, and their names go to `hidden`."""
     folders, loose = {}, []
     with os.scandir(root) as entries:
         for entry in entries:
             if entry.name.startswith("."):
+                if _is_dir(entry) and _has_image(entry.path):
+                    hidden.append(entry.name)
                 continue
             if _is_dir(entry):
                 folders[entry.name] = entry.path
@@ -169,8 +186,8 @@ def _is_dir(entry: os.DirEntry) -> bool:
         raise ActdbError(f"cannot read {entry.path}: {e.strerror}; remove it or point at another folder") from None
 
 
-def _read_folder(root: Path, select: Select) -> tuple[str, Groups]:
-    folders, loose = _scan_top(root)
+def _read_folder(root: Path, select: Select, hidden: list[str]) -> tuple[str, Groups]:
+    folders, loose = _scan_top(root, hidden)
     if loose:
         with_images = [name for name, path in sorted(folders.items()) if _has_image(path)]
         if with_images:
@@ -311,12 +328,16 @@ def _unknown_class(want: str, groups: dict, root: Path) -> ActdbError:
     return ActdbError(f"class {want!r} is not in {root}: choose from {', '.join(present[:5])}{more}")
 
 
-def _merge_by_class(groups: Groups) -> dict[ClassId, list[str]]:
-    """List labels `n02321529` and `sea cucumber` are one class."""
+def _merge_by_class(groups: Groups) -> tuple[dict[ClassId, list[str]], dict[ClassId, list[str]]]:
+    """List labels `n02321529` and `sea cucumber` (or folders `Tabby` and `tabby`) are one class:
+    the files of each class, and the raw labels of the classes several were merged into."""
     merged: dict[ClassId, list[str]] = {}
+    raws: dict[ClassId, list[str]] = {}
     for raw, files in groups.items():
-        merged.setdefault(_identify(raw), []).extend(files)
-    return merged
+        c = _identify(raw)
+        merged.setdefault(c, []).extend(files)
+        raws.setdefault(c, []).append(raw)
+    return merged, {c: sorted(names) for c, names in raws.items() if len(names) > 1}
 
 
 def _class_order(c: ClassId) -> str:

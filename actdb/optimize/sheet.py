@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .. import figures
 
+
+@figures.drawing
 def contact_sheet(results: pd.DataFrame, image_root: Path, title: str | None = None, figure=None):
     """`results`: rows of `optimize` (png, unit, objective, final_activation, top1_class)."""
     from PIL import Image
-
-    from .. import figures
 
     n = len(results)
     columns = min(n, 6)

@@ -220,14 +220,17 @@ def classes(db, array: StoredArray, queries: list, *, by: str = "centroid", k: i
         raise ActdbError("this store has no classes: none of its images has a label (ingest class folders, or a "
                          "list with a label column, to rank classes); nearest images still work")
     warnings: list[str] = []
+    if by == "centroid":  # the index first: a missing one is said before a query file runs through the model
+        _, warnings = _checked_index_row(db, array, metric)  # centroids are refreshed with the index
+        centroids = _centroids(db, array, metric)
+    elif by == "knn":
+        index, warnings = _open_index(db, array, metric)
     resolved = resolve(db, array, queries)
     query_ids = np.array([-1 if i is None else i for i in resolved.image_ids], np.int64)
     if by == "centroid":
-        _, warnings = _checked_index_row(db, array, metric)  # centroids are refreshed with the index
-        ranked = class_ranking.rank_classes(resolved.vectors, by, metric, centroids=_centroids(db, array, metric),
+        ranked = class_ranking.rank_classes(resolved.vectors, by, metric, centroids=centroids,
                                             query_ids=query_ids, labels_of=lambda ids: labels[ids])
     elif by == "knn":
-        index, warnings = _open_index(db, array, metric)
         ranked = class_ranking.rank_classes(resolved.vectors, by, metric, index=index, k=k,
                                             labels_of=lambda ids: labels[ids], query_ids=query_ids)
     else:

@@ -119,7 +119,7 @@ def build(db, layers: list[tuple[StoredArray, list[int]]], out: Path, queries: Q
     return {"report": str(Path(out).resolve() / "index.html"), "pages_written": len(site.written),
             "files_kept": site.kept, "files_removed": len(removed), "arrays": [layer.name for layer in chosen],
             "units": sum(len(layer.units) for layer in chosen), "images": len(shown),
-            "optimized": len(optimized), "classes": len(labels), "notes": site.notes}
+            "optimized": len(optimized), "classes": len(labels), "notes": site.all_notes()}
 
 
 # ---- the store's images -------------------------------------------------------------------------

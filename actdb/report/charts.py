@@ -14,6 +14,7 @@ OVERLAY_COLOURS = ("#d62728", "#2ca02c", "#9467bd")
 MAX_CLASSES = 60
 
 
+@figures.drawing
 def class_unit_png(stats, units: list[int], title: str) -> bytes:
     """z of each class's mean against all stored rows, classes x units (Summit's view), as PNG.
     More than MAX_CLASSES classes: those whose largest |z| is largest."""

@@ -41,6 +41,7 @@ MANIFEST = "manifest.json"
 LOCK = ".actdb-report.lock"
 MADE_BY = "actdb report"
 FORMAT = 2  # bump when pages change shape: every page is then rewritten
+UNREADABLE_SHOWN = 3  # unreadable image files named in the one note that counts them
 _LINK = re.compile(rb' (?:href|src)="([^"]*)"')  # a leading literal: 10x faster than a word boundary
 _DIGEST_SUFFIX = re.compile(r"-[0-9a-f]{8}$")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
@@ -173,6 +174,7 @@ class Site:
         self.available = lambda source: False  # whether a picture missing from a page can be made now
         self._intact: dict[str, bool] = {}
         self._missing: set[str] = set()  # pictures the next file written lacks
+        self.unreadable: list[str] = []  # image files that could not be read: all of them when a dataset moved
 
     def claim(self) -> None:
         """Mark the folder as a report's before the first file is written into it."""
@@ -181,6 +183,16 @@ class Site:
 
     def _key(self, path: str, key: str) -> str:
         return key_of(self.identity, self.page_salt if path.endswith(".html") else None, key)
+
+    def all_notes(self) -> list[str]:
+        """The notes, unreadable images counted in one line (a moved dataset makes thousands)."""
+        if not self.unreadable:
+            return list(self.notes)
+        shown = ", ".join(self.unreadable[:UNREADABLE_SHOWN]) + (", ..." if len(self.unreadable) > UNREADABLE_SHOWN
+                                                                  else "")
+        return [*self.notes, f"{len(self.unreadable)} image file(s) could not be read, so their pages show no picture "
+                             f"({shown}); if the dataset moved, `actdb relocate OLD NEW` points the store at its new "
+                             "place"]
 
     def fresh(self, path: str, key: str) -> bool:
         """Whether `path` is the file made from `key` (it is then kept): recorded so, with its

@@ -54,7 +54,7 @@ class Thumbnails:
             return path
         image = _open(file)
         if image is None:
-            self.site.notes.append(f"{key}: {file} could not be read; its pages show no picture")
+            self.site.unreadable.append(str(file))
             return None
         image.thumbnail((THUMB_PX, THUMB_PX))
         self.site.file(path, _jpeg(image), digest)

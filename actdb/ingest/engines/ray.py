@@ -307,8 +307,14 @@ class _Committer:
                 for w in self.workers.values()]
 
 
+# How a task ends when its node is lost: never scheduled (the node died before), its worker or
+# node died under it, or its result went with the node.
+NODE_LOST = ("TaskUnschedulableError", "NodeDiedError", "WorkerCrashedError", "ObjectLostError")
+
+
 def check_store(ray, store: Path) -> None:
-    """Every node must see this very store (not a same-named local folder) and write into it."""
+    """Every node must see this very store (not a same-named local folder) and write into it.
+    A node lost while it is probed runs no worker, so it is left out, not a failed run."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     token = uuid.uuid4().hex
@@ -319,12 +325,26 @@ def check_store(ray, store: Path) -> None:
         check = ray.remote(num_cpus=0, max_retries=0)(_probe_store)
         refs = [check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(str(store), token) for n in nodes]
-        for node, problem in zip(nodes, ray.get(refs)):
+        for node, ref in zip(nodes, refs):
+            problem = _probe_answer(ray, node, ref)
             if problem:
                 raise ActdbError(f"Ray node {node['NodeManagerAddress']} cannot use the store {store}: {problem}; put "
                                  "the store on a filesystem every node mounts at the same path (NFS, Lustre, ...)")
     finally:
         probe.unlink(missing_ok=True)
+
+
+def _probe_answer(ray, node: dict, ref) -> str | None:
+    """The node's probe answer; None for a node lost meanwhile (Ray no longer lists it alive).
+    A probe lost on a node that is still alive proves nothing: refused, to be run again."""
+    lost = tuple(getattr(ray.exceptions, name) for name in NODE_LOST if hasattr(ray.exceptions, name))
+    try:
+        return ray.get(ref)
+    except lost as exc:
+        if any(n["NodeID"] == node["NodeID"] and n["Alive"] for n in ray.nodes()):
+            raise ActdbError(f"the store probe on Ray node {node['NodeManagerAddress']} was lost ({_last_line(exc)}) "
+                             "while the node is still up: run the ingest again") from None
+        return None
 
 
 def _probe_store(store: str, token: str) -> str | None:

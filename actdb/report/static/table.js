@@ -1,5 +1,6 @@
 // Client-side sorting and filtering of the layer table: no library, no network.
-// A filter of digits is a unit number; any other text matches anywhere in a row (a class).
+// A filter of digits is a unit number, or part of a text column (a class may be named by digits:
+// "1984"); any other text matches anywhere in a row (a class).
 (function () {
   var table = document.getElementById("units");
   if (!table) return;
@@ -27,6 +28,15 @@
       body.appendChild(fragment);
     });
   });
+  var textColumns = [];
+  Array.prototype.forEach.call(headers, function (th, column) {
+    if (th.getAttribute("data-type") === "text") textColumns.push(column);
+  });
+  var inText = function (row, text) {
+    return textColumns.some(function (column) {
+      return row.cells[column].textContent.toLowerCase().indexOf(text) >= 0;
+    });
+  };
   var filter = document.getElementById("filter");
   var shown = document.getElementById("shown");
   filter.addEventListener("input", function () {
@@ -34,7 +44,8 @@
     var count = 0;
     rows.forEach(function (row) {
       var unit = row.cells[0].textContent.trim();
-      var match = !text || (/^\d+$/.test(text) ? unit === text : row.textContent.toLowerCase().indexOf(text) >= 0);
+      var match = !text || (/^\d+$/.test(text) ? unit === text || inText(row, text)
+                                               : row.textContent.toLowerCase().indexOf(text) >= 0);
       row.style.display = match ? "" : "none";
       if (match) count++;
     });
