@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -117,9 +116,6 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(threads)
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench_support: synthetic stores
 
 
 @pytest.fixture(scope="session")
