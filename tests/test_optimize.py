@@ -271,6 +271,7 @@ def stored_png(store, name: str):
     return store / actdb.open(store).sql("SELECT png FROM optimized_images WHERE name = ?", [name]).png[0]
 
 
+@pytest.mark.slow
 def test_predict_takes_an_optimized_image(store, run_cli, tiny_model_path):
     run_cli("--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "caffe", "--layer", "conv2",
             "--units", "1", "--steps", 4, "--name", "p")
@@ -414,6 +415,7 @@ def test_a_failed_overwrite_leaves_the_committed_image_and_its_row_in_agreement(
     assert row.png == before.png and sha256_of(store / row.png) == row.png_sha256
 
 
+@pytest.mark.slow
 def test_two_runs_with_one_name_cannot_both_succeed(store, run_cli, tiny_model_path, monkeypatch):
     """A writer holds the store from its first step: a second run with the same name, started
     while the first computes, is refused before any work and names the holder; the first

@@ -21,6 +21,7 @@ def photo_files(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_predict_names_the_real_class_of_real_photos(photo_files, run_cli, monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-keras-weights"))
     files = [photo_files["coffee"], photo_files["chelsea"]]
@@ -38,6 +39,7 @@ def test_predict_names_the_real_class_of_real_photos(photo_files, run_cli, monke
     assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0 + 1e-6
 
 
+@pytest.mark.slow
 def test_predict_agrees_with_a_direct_forward_pass(photo_files):
     """Same pixels through Keras by hand: the product's preprocessing and top-k are right."""
     import tensorflow as tf

@@ -143,6 +143,7 @@ def without_size(text: str):
     return document
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["read-only filesystem", "no write permission"])
 def test_every_read_works_on_a_read_only_store_and_a_write_is_one_line(readable, tmp_path, how):
     store = tmp_path / "store"
@@ -220,6 +221,7 @@ def no_work(*args, **kwargs):
     raise AssertionError("a model was loaded while another process writes the store")
 
 
+@pytest.mark.slow
 def test_optimize_is_refused_before_any_work_naming_the_writer(busy_store, tiny_model_path, monkeypatch):
     store, holder = busy_store
     monkeypatch.setattr("actdb.models.load_model", no_work)
@@ -232,6 +234,7 @@ def test_optimize_is_refused_before_any_work_naming_the_writer(busy_store, tiny_
         actdb.open(store).optimize(model=str(tiny_model_path), preprocess="tf", layer="conv2", units="0", steps=2)
 
 
+@pytest.mark.slow
 def test_ingest_index_and_repair_are_refused_before_any_work(busy_store, tiny_model_path, monkeypatch):
     store, holder = busy_store
     monkeypatch.setattr("actdb.ingest.run.load_model", no_work)
@@ -243,6 +246,7 @@ def test_ingest_index_and_repair_are_refused_before_any_work(busy_store, tiny_mo
     assert invoke("--store", store, "check").exit_code == 0  # a reader still works
 
 
+@pytest.mark.slow
 def test_wait_waits_for_the_writer_and_then_writes(busy_store, capfd):
     store, holder = busy_store
     timer = threading.Timer(1.5, holder.release)
@@ -260,6 +264,7 @@ def test_wait_waits_for_the_writer_and_then_writes(busy_store, capfd):
                            "WHERE a.layer = 'fc'").fetchone() == (30,)
 
 
+@pytest.mark.slow
 def test_the_cli_passes_wait(busy_store):
     store, holder = busy_store
     timer = threading.Timer(1.0, holder.release)
