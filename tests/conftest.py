@@ -160,3 +160,13 @@ def demo_run(tmp_path_factory):
     """`actdb demo --views 2` run once per session: (store, click Result). Its tests read it."""
     store = tmp_path_factory.mktemp("demo") / "demo"
     return store, invoke("--store", store, "demo", "--views", 2)
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist with --dist loadgroup (`make test` runs two workers), each module runs
+    in one worker, so its module fixtures are built once; the modules that read the demo share
+    one worker, so the session's one demo serves them all."""
+    demo_modules = {item.module.__name__ for item in items if "demo_run" in item.fixturenames}
+    for item in items:
+        name = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("demo" if name in demo_modules else name))
