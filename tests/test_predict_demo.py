@@ -63,6 +63,7 @@ def test_predict_bad_query_is_one_line(run_cli, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the first test to ask for the demo runs all of it (demo_run), ~2 min alone
 def test_demo_runs_end_to_end(demo_run, run_cli):
     store, result = demo_run
     assert result.exit_code == 0, result.output
