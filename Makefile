@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/actdb --store demo-store demo
 
+TEST_WORKERS ?= 2  # pytest-xdist workers; each module runs whole in one (tests/conftest.py)
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)  # everything but the end-to-end tests marked slow (subprocesses, Ray, real models)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

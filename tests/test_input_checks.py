@@ -113,6 +113,7 @@ def test_an_infinite_step_size_is_refused_before_work(tmp_path, tiny_model_path)
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_default_names_keep_other_weights_apart(tmp_path):
     store = tmp_path / "store"
     base = ["--store", store, "optimize", "--model", "efficientnet_lite0", "--layer", "top_activation",

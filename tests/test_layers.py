@@ -17,12 +17,14 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([LINT_IMPORTS, "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_layer_contracts_hold():
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_store_module_importing_a_feature_breaks_the_contracts(tmp_path):
     """The check can fail: a copy of the package whose store reaches up into query."""
     shutil.copytree(ROOT / "actdb", tmp_path / "actdb", ignore=shutil.ignore_patterns("__pycache__"))

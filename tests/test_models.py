@@ -26,6 +26,7 @@ def test_vgg_and_mobilenet_preprocessing_differ():
     assert not np.allclose(preprocess.caffe(pixels), preprocess.tf_mode(pixels))
 
 
+@pytest.mark.slow
 def test_layers_lists_names_and_shapes(run_cli):
     result = run_cli("layers", "vgg19")
     assert result.exit_code == 0
@@ -34,6 +35,7 @@ def test_layers_lists_names_and_shapes(run_cli):
     assert "predictions" in result.output
 
 
+@pytest.mark.slow
 def test_random_weights_are_seeded_and_recorded():
     first = load_model("mobilenet_v2", "random", "float32")
     again = load_model("mobilenet_v2", "random:0", "float32")
@@ -51,6 +53,7 @@ def test_missing_imagenet_weights_name_the_file(tmp_path, monkeypatch, imagenet_
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_weights_file_is_loaded_and_identified_by_hash(tmp_path, imagenet_tree, run_cli):
     import hashlib
 

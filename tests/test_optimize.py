@@ -15,7 +15,7 @@ from PIL import Image
 
 import actdb
 
-from conftest import TINY_SIZE, make_imagenet_tree, one_line_error
+from conftest import TINY_SIZE, invoke, make_imagenet_tree, one_line_error
 
 STEPS = 12
 
@@ -215,13 +215,22 @@ def test_out_folder_has_pngs_snapshots_and_parameters(run_cli, tmp_path, tiny_mo
 
 # -- in the store
 
-@pytest.fixture
-def store(tmp_path, tiny_model_path, run_cli):
-    tree = make_imagenet_tree(tmp_path / "train", per_class=3)
-    path = tmp_path / "store"
-    result = run_cli("--store", path, "ingest", tree, "--model", tiny_model_path, "--preprocess", "caffe",
-                     "--layers", "conv2,fc", "-q")
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, tiny_model_path):
+    """Ingested once per module: 3 x 3 labelled images, conv2 and fc with caffe preprocessing."""
+    root = tmp_path_factory.mktemp("optimize-store")
+    tree = make_imagenet_tree(root / "train", per_class=3)
+    result = invoke("--store", root / "store", "ingest", tree, "--model", tiny_model_path, "--preprocess", "caffe",
+                    "--layers", "conv2,fc", "-q")
     assert result.exit_code == 0, result.output
+    return root / "store"
+
+
+@pytest.fixture
+def store(ingested, tmp_path):
+    """A test's own copy of the ingested store: each optimizes, damages or drops what it likes."""
+    path = tmp_path / "store"
+    shutil.copytree(ingested, path)
     return path
 
 
@@ -262,6 +271,7 @@ def stored_png(store, name: str):
     return store / actdb.open(store).sql("SELECT png FROM optimized_images WHERE name = ?", [name]).png[0]
 
 
+@pytest.mark.slow
 def test_predict_takes_an_optimized_image(store, run_cli, tiny_model_path):
     run_cli("--store", store, "optimize", "--model", tiny_model_path, "--preprocess", "caffe", "--layer", "conv2",
             "--units", "1", "--steps", 4, "--name", "p")
@@ -405,6 +415,7 @@ def test_a_failed_overwrite_leaves_the_committed_image_and_its_row_in_agreement(
     assert row.png == before.png and sha256_of(store / row.png) == row.png_sha256
 
 
+@pytest.mark.slow
 def test_two_runs_with_one_name_cannot_both_succeed(store, run_cli, tiny_model_path, monkeypatch):
     """A writer holds the store from its first step: a second run with the same name, started
     while the first computes, is refused before any work and names the holder; the first

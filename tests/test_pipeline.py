@@ -120,6 +120,7 @@ print("ok", mirrored.num_replicas_in_sync)
 """
 
 
+@pytest.mark.slow
 def test_several_devices_give_the_rows_of_one(tiny_model_path):
     """The multi-GPU path (MirroredStrategy), exercised on two logical CPU devices."""
     import subprocess

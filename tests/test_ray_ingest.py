@@ -2,9 +2,9 @@
 a worker that dies, a driver killed with SIGKILL, and a second writer.
 
 One local Ray (2 CPUs, no dashboard, a small object store) is shared by these tests. The
-model stores two layers of 1000+ channels, so chunks hold 256 rows and the 1026 images
-make five shards (tasks) for two workers. The killed driver joins that Ray through
---address, as a driver joins a cluster.
+model stores two layers of 1000+ channels; chunks of 1/16 the usual bytes (16 rows, in this
+module and in the commands it starts) make the 78 images five shards (tasks) for two workers.
+The killed driver joins that Ray through --address, as a driver joins a cluster.
 """
 from __future__ import annotations
 
@@ -21,13 +21,53 @@ import pytest
 
 import actdb
 from actdb.ingest.engines.ray import RayEngine, ShardWorker
+from actdb.store import arrays
 from actdb.store.locks import writer_lock
-from conftest import invoke, make_imagenet_tree
+from conftest import invoke, make_imagenet_tree, random_seed
 
 pytestmark = pytest.mark.slow
 LAYERS = "wide,predictions"
-N_IMAGES = 1026
-N_SHARDS = 5  # ceil(1026 / 256)
+CHUNK_ROWS = 16
+CHUNK_BYTES = CHUNK_ROWS * 1024 * 4  # 16 rows of 1024 (and of 1000) float32 channels
+N_IMAGES = 78
+N_SHARDS = 5  # ceil(78 / 16)
+
+# `actdb` in a process of its own, with this module's chunks. As the killed driver
+# (COMMIT_ONE_SHARD set), it commits the first shard a worker reports and then waits while the
+# workers write on: it is killed mid-run with exactly one shard committed, however slow the
+# machine (no race between the kill and the end of the run).
+ACTDB = f"""
+import os, time
+from actdb.store import arrays
+arrays.TARGET_CHUNK_BYTES, arrays.MIN_CHUNK_ROWS = {CHUNK_BYTES}, {CHUNK_ROWS}
+if os.environ.get("COMMIT_ONE_SHARD"):
+    from actdb.ingest.engines import ray as engine
+
+    add = engine._Committer.add
+
+    def add_one_then_wait(committer, result):
+        if committer.ingested:
+            time.sleep(600)  # killed meanwhile
+        add(committer, result)
+
+    engine._Committer.add = add_one_then_wait
+from actdb.cli import main
+main()
+"""
+
+
+def actdb_process(*args) -> list[str]:
+    return [sys.executable, "-c", ACTDB, *map(str, args)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_chunks():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(arrays, "TARGET_CHUNK_BYTES", CHUNK_BYTES)
+        patch.setattr(arrays, "MIN_CHUNK_ROWS", CHUNK_ROWS)
+        yield
+
+
 CATALOG_QUERIES = {
     "images": "SELECT id, path, content_hash, wnid, class_index, label, split, width, height FROM images ORDER BY id",
     "done": "SELECT a.layer, d.image_id FROM done d JOIN arrays a ON a.id = d.array_id ORDER BY ALL",
@@ -39,7 +79,7 @@ CATALOG_QUERIES = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
     import ray
 
@@ -52,12 +92,12 @@ def local_ray():
 def wide_model(tmp_path_factory):
     import keras
 
-    keras.utils.set_random_seed(2)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1")(inputs)
-    x = keras.layers.Conv2D(1024, 1, activation="relu", name="wide")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
+    with random_seed(2):
+        inputs = keras.Input((32, 32, 3))
+        x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv1")(inputs)
+        x = keras.layers.Conv2D(1024, 1, activation="relu", name="wide")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        outputs = keras.layers.Dense(1000, activation="softmax", name="predictions")(x)
     path = tmp_path_factory.mktemp("models") / "wide.keras"
     keras.Model(inputs, outputs, name="wide").save(path)
     return path
@@ -81,8 +121,8 @@ def local_store(tmp_path_factory, dataset, wide_model):
     engines are compared at equal threads per process."""
     store = tmp_path_factory.mktemp("local") / "store"
     env = dict(os.environ, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "actdb", *map(str, ingest_args(store, dataset, wide_model))],
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(actdb_process(*ingest_args(store, dataset, wide_model)), env=env, capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr
     return store
 
@@ -147,12 +187,13 @@ def done_rows(store):
 def test_a_killed_driver_resumes_to_the_same_store(local_ray, tmp_path, dataset, wide_model, local_store):
     store = tmp_path / "store"
     address = local_ray.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "actdb", *map(str, ingest_args(store, dataset, wide_model, "--engine", "ray",
-                                                                   "--workers", 2, "--address", address))]
+    command = actdb_process(*ingest_args(store, dataset, wide_model, "--engine", "ray", "--workers", 2,
+                                         "--address", address))
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**os.environ, "COMMIT_ONE_SHARD": "1"},
                               start_new_session=True)  # its own process group, so nothing of it outlives the test
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240  # it waits after its first commit: no race with the run's end
         while driver.poll() is None and done_rows(store) == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert driver.poll() is None, f"the driver ended before the kill: {driver.stderr.read()[-2000:]}"

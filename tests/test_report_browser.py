@@ -162,6 +162,7 @@ def test_a_hostile_class_name_renders_as_text(report, browser):
     assert not browser.find_elements(By.CSS_SELECTOR, "img[src='x']")
 
 
+@pytest.mark.timeout(600)  # the first test to ask for the demo runs all of it (demo_run), ~2 min alone
 def test_the_demo_layer_of_1280_units_is_interactive_in_under_2_s(demo_run, browser):
     store, _ = demo_run
     page = store / "report" / "efficientnet_lite0" / "top_activation" / "index.html"

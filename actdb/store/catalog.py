@@ -192,10 +192,10 @@ class Catalog:
             con.execute(DERIVED_SCHEMA)
             con.execute(CHUNK_DIGESTS_TABLE)
             con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-            con.executemany(
-                "INSERT INTO imagenet_classes VALUES (?, ?, ?)",
-                [(c.index, c.wnid, c.name) for c in imagenet.classes()],
-            )
+            classes = imagenet.classes()  # one statement: executemany costs seconds for 1000 rows
+            con.execute("INSERT INTO imagenet_classes SELECT unnest(?::SMALLINT[]), unnest(?::VARCHAR[]), "
+                        "unnest(?::VARCHAR[])", [[c.index for c in classes], [c.wnid for c in classes],
+                                                 [c.name for c in classes]])
         finally:
             con.close()
         tmp.rename(self.path)  # a half-created catalog is never seen
